@@ -1,0 +1,340 @@
+"""The public entry points: ``ntk_fn`` and the neural-tangents-compatible ``empirical_ntk_fn``.
+
+Argument checks happen here, once per input signature, outside ``jit``; the kernel itself is one
+jitted program per signature, cached.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkc._axes import make_kernel_axes
+from ntkc._problem import Batching, Config, Problem, merge_kwargs, split_static
+from ntkc.methods import estimate, jacobian, ntvp
+
+METHODS = ("auto", "structured", "jacobian", "ntvp")
+
+_KERNELS: dict[str, Callable[[Problem], list]] = {
+    "jacobian": jacobian.kernel,
+    "ntvp": ntvp.kernel,
+}
+
+
+class NtkImplementation(enum.IntEnum):
+    """neural-tangents' implementation numbers, accepted by :func:`empirical_ntk_fn`."""
+
+    AUTO = 0
+    JACOBIAN_CONTRACTION = 1
+    NTK_VECTOR_PRODUCTS = 2
+    STRUCTURED_DERIVATIVES = 3
+
+
+_IMPLEMENTATION_METHOD = {
+    NtkImplementation.AUTO: "auto",
+    NtkImplementation.JACOBIAN_CONTRACTION: "jacobian",
+    NtkImplementation.NTK_VECTOR_PRODUCTS: "ntvp",
+    NtkImplementation.STRUCTURED_DERIVATIVES: "structured",
+}
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
+    return method
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _describe(tree) -> str:
+    shapes = [tuple(np.shape(l)) for l in jax.tree.leaves(tree)]
+    return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+
+
+def check_params(params) -> None:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not leaves:
+        raise ValueError(f"params has no array leaves (got {params!r}); the NTK needs parameters")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None) or np.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"params{jax.tree_util.keystr(path)} has dtype {dtype}; the NTK is a derivative "
+                "with respect to params, so every params leaf must be floating point"
+            )
+
+
+def split_kwargs(kwargs: dict, x2_is_x1: bool):
+    """neural-tangents' rule: ``rng`` is split for x1 and x2 (one key when x2 is None), a tuple
+    of two gives one item to each side, everything else goes to both."""
+    kwargs1, kwargs2 = {}, {}
+    for k, v in kwargs.items():
+        if k == "rng":
+            kwargs1[k] = kwargs2[k] = v  # split inside jit, see _split_rng
+        elif isinstance(v, tuple) and len(v) == 2:
+            kwargs1[k], kwargs2[k] = v
+        else:
+            kwargs1[k] = kwargs2[k] = v
+    return kwargs1, kwargs2
+
+
+def _split_rng(kwargs1, kwargs2, x2_is_x1):
+    if "rng" not in kwargs1 or kwargs1["rng"] is None:
+        return kwargs1, kwargs2
+    key1, key2 = jax.random.split(kwargs1["rng"])
+    return {**kwargs1, "rng": key1}, {**kwargs2, "rng": key1 if x2_is_x1 else key2}
+
+
+def _output_shapes(f, params, x, kwargs, name):
+    try:
+        out = jax.eval_shape(lambda p, x: f(p, x, **kwargs), params, x)
+    except Exception as err:  # the user's function rejected the input: say which one
+        raise ValueError(
+            f"f(params, {name}) failed for {name} of shape {_describe(x)}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    for leaf in jax.tree.leaves(out):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(f"f(params, {name}) returns a leaf of dtype {leaf.dtype}; "
+                            "outputs must be floating point")
+    return out
+
+
+def _flat_prefix(prefix, tree, name):
+    """Broadcasts an axes prefix tree over ``tree``: one axis (or None) per leaf of ``tree``."""
+    prefix_leaves, prefix_def = jax.tree_util.tree_flatten(prefix, is_leaf=lambda a: a is None)
+    try:
+        subtrees = prefix_def.flatten_up_to(tree)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"vmap_axes: {name} {prefix!r} does not match the structure of the inputs: {err}"
+        ) from None
+    return [ax for ax, sub in zip(prefix_leaves, subtrees) for _ in jax.tree.leaves(sub)]
+
+
+def _batch_size(leaves, axes, name):
+    size = None
+    out = []
+    for leaf, ax in zip(leaves, axes):
+        if ax is None:
+            out.append(None)
+            continue
+        if not isinstance(ax, int) or isinstance(ax, bool):
+            raise TypeError(f"vmap_axes: axes must be ints or None, got {ax!r}")
+        shape = np.shape(leaf)
+        if not -len(shape) <= ax < max(len(shape), 1) or not shape:
+            raise ValueError(
+                f"vmap_axes: axis {ax} is out of range for {name} leaf of shape {shape}"
+            )
+        ax %= len(shape)
+        if size is not None and shape[ax] != size:
+            raise ValueError(
+                f"vmap_axes: {name} leaves have different sizes along their batch axes "
+                f"({size} and {shape[ax]})"
+            )
+        size = shape[ax]
+        out.append(ax)
+    return size, out
+
+
+def resolve_batching(vmap_axes, x1, x2, kwargs1, kwargs2, out1, out2) -> Batching | None:
+    """``vmap_axes`` checked against the inputs and outputs, as neural-tangents reads it."""
+    if vmap_axes is None:
+        return None
+    if isinstance(vmap_axes, tuple) and len(vmap_axes) == 3:
+        in_axes, out_axes, kwargs_axes = vmap_axes
+    elif isinstance(vmap_axes, int) and not isinstance(vmap_axes, bool):
+        in_axes = out_axes = vmap_axes
+        kwargs_axes = {}
+    else:
+        raise TypeError(
+            "vmap_axes must be None, an int, or a triple (in_axes, out_axes, kwargs_axes); "
+            f"got {vmap_axes!r}"
+        )
+    kwargs_axes = dict(kwargs_axes or {})
+    unknown = set(kwargs_axes) - set(kwargs1)
+    if unknown:
+        raise ValueError(f"vmap_axes: kwargs_axes names {sorted(unknown)}, which are not "
+                         f"keyword arguments of this call ({sorted(kwargs1)})")
+    prefix = (in_axes, {k: kwargs_axes.get(k) for k in kwargs1})
+    axes1 = _flat_prefix(prefix, (x1, kwargs1), "in_axes")
+    axes2 = _flat_prefix(prefix, (x2, kwargs2), "in_axes")
+    if all(a is None for a in axes1):
+        return None
+    size1, axes1 = _batch_size(jax.tree.leaves((x1, kwargs1)), axes1, "x1")
+    size2, axes2 = _batch_size(jax.tree.leaves((x2, kwargs2)), axes2, "x2")
+    if axes1 != axes2:
+        raise ValueError("vmap_axes: x1 and x2 resolve to different batch axes")
+    for leaf, ax in zip(jax.tree.leaves((x1, kwargs1)), axes1):
+        if ax is not None and not hasattr(leaf, "shape"):
+            raise ValueError(f"vmap_axes: a batch axis is given for a non-array input {leaf!r}")
+
+    leaves1, leaves2 = jax.tree.leaves(out1), jax.tree.leaves(out2)
+    if isinstance(out_axes, int) and not isinstance(out_axes, bool):
+        out_flat = [out_axes] * len(leaves1)
+    else:
+        out_flat = _flat_prefix(out_axes, out1, "out_axes")
+    outputs = []
+    for o1, o2, ax in zip(leaves1, leaves2, out_flat):
+        if ax is None or not -o1.ndim <= ax < o1.ndim:
+            raise ValueError(
+                f"vmap_axes: out axis {ax!r} is not an axis of an output of shape {o1.shape}"
+            )
+        ax %= o1.ndim
+        if o1.shape[ax] != size1 or o2.shape[ax] != size2:
+            raise ValueError(
+                f"vmap_axes: output axis {ax} has sizes {o1.shape[ax]} and {o2.shape[ax]} for "
+                f"x1 and x2, but the inputs hold {size1} and {size2} examples along in_axes"
+            )
+        outputs.append(ax)
+    return Batching(tuple(axes1), tuple(outputs), size1, size2)
+
+
+def _signature(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple(
+        (np.shape(l), str(getattr(l, "dtype", None) or np.result_type(l))) for l in leaves
+    )
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+def _compute(f, x1, x2, params, dyn1, dyn2, config: Config):
+    kwargs1 = merge_kwargs(config.static_kwargs1, dyn1)
+    kwargs2 = merge_kwargs(config.static_kwargs2, dyn2)
+    kwargs1, kwargs2 = _split_rng(kwargs1, kwargs2, config.x2_is_x1)
+    prob = Problem(f, x1, x1 if config.x2_is_x1 else x2, params, kwargs1, kwargs2, config)
+    leaves = _KERNELS[config.method](prob)
+    return jax.tree_util.tree_unflatten(config.out_treedef, leaves)
+
+
+def ntk_fn(
+    f: Callable,
+    trace_axes=(-1,),
+    diagonal_axes=(),
+    vmap_axes=None,
+    method: str = "auto",
+    strict: bool = False,
+) -> Callable:
+    """Returns ``kernel_fn(x1, x2, params, **kwargs)``, the empirical NTK of ``f(params, x)``.
+
+    Args:
+      f: the function, ``f(params, x, **kwargs) -> array or pytree of arrays``.
+      trace_axes: output axes summed over the pair and divided by their size (a mean); they are
+        absent from the kernel. Default ``(-1,)``.
+      diagonal_axes: output axes of which only the diagonal is kept; they appear once.
+      vmap_axes: ``None`` (the batch is one example), an int (the batch axis of inputs and
+        outputs), or ``(in_axes, out_axes, kwargs_axes)``: certifies that examples do not
+        interact, so that Jacobians are computed per example.
+      method: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"``.
+      strict: raise instead of falling back to a dense rule for a primitive with no rule.
+
+    Returns:
+      ``kernel_fn(x1, x2, params, **kwargs)``; ``x2=None`` means ``x1``. For an output leaf of
+      shape ``(N, X, O)`` and the defaults the kernel has shape ``(N1, N2, X1, X2)``: axes that
+      are not traced appear twice, interleaved, diagonal axes once. A pytree output gives a pytree
+      of kernels. Jitted and cached per input signature.
+
+    Example:
+      >>> import jax.numpy as jnp, ntkc
+      >>> f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+      >>> params = {"w": jnp.ones((3, 8)), "v": jnp.ones((8, 2))}
+      >>> ntkc.ntk_fn(f, method="jacobian")(jnp.ones((4, 3)), None, params).shape
+      (4, 4)
+    """
+    check_method(method)
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {f!r}")
+    jitted = jax.jit(functools.partial(_compute, f), static_argnames=("config",))
+    configs: dict[Any, Config] = {}
+
+    def resolve(x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
+        check_params(params)
+        x2_is_x1 = x2 is None
+        out1 = _output_shapes(f, params, x1, kwargs1, "x1")
+        out2 = out1 if x2_is_x1 else _output_shapes(f, params, x2, kwargs2, "x2")
+        if not x2_is_x1 and jax.tree.structure(x1) != jax.tree.structure(x2):
+            raise ValueError(
+                f"x1 and x2 have different structures: {jax.tree.structure(x1)} and "
+                f"{jax.tree.structure(x2)}"
+            )
+        treedef = jax.tree.structure(out1)
+        if jax.tree.structure(out2) != treedef:
+            raise ValueError("f(params, x1) and f(params, x2) return different output structures")
+        axes = tuple(
+            make_kernel_axes(o1.shape, o2.shape, trace_axes, diagonal_axes, "output")
+            for o1, o2 in zip(jax.tree.leaves(out1), jax.tree.leaves(out2))
+        )
+        batching = resolve_batching(
+            vmap_axes, x1, x1 if x2_is_x1 else x2, kwargs1, kwargs2, out1, out2
+        )
+        for k, ax in enumerate(axes):
+            if batching is not None and batching.outputs[k] not in ax.free:
+                if batching.size1 != batching.size2:
+                    raise ValueError(
+                        "x1 and x2 hold different numbers of examples "
+                        f"({batching.size1} and {batching.size2}) but the batch axis is traced "
+                        "or diagonal"
+                    )
+        config = Config(
+            method=method, axes=axes, out_treedef=treedef, batching=batching,
+            x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2, strict=strict,
+        )
+        if method == "auto":
+            flops1 = estimate.jaxpr_flops(jax.make_jaxpr(lambda p: f(p, x1, **kwargs1))(params))
+            flops2 = flops1 if x2_is_x1 else estimate.jaxpr_flops(
+                jax.make_jaxpr(lambda p: f(p, x2, **kwargs2))(params))
+            costs = estimate.method_costs(config, flops1, flops2, estimate.count_params(params))
+            best = min(costs, key=costs.get)
+            config = Config(**{**config.__dict__, "method": best})
+        if config.method not in _KERNELS:
+            raise NotImplementedError(f"method={config.method!r} is not available yet")
+        return config
+
+    def kernel_fn(x1, x2, params, **kwargs):
+        if x1 is None:
+            raise ValueError("x1 is None; pass the inputs as x1 (x2=None means x2 = x1)")
+        kwargs1, kwargs2 = split_kwargs(kwargs, x2 is None)
+        dyn1, static1 = split_static(kwargs1, "kwargs")
+        dyn2, static2 = split_static(kwargs2, "kwargs")
+        key = (_signature((x1, x2, params, dyn1, dyn2)), static1, static2)
+        config = configs.get(key)
+        if config is None:
+            config = configs[key] = resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
+        return jitted(x1, x2, params, dyn1, dyn2, config=config)
+
+    kernel_fn.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
+    return kernel_fn
+
+
+def empirical_ntk_fn(
+    f: Callable,
+    trace_axes=(-1,),
+    diagonal_axes=(),
+    vmap_axes=None,
+    implementation: int | NtkImplementation = NtkImplementation.STRUCTURED_DERIVATIVES,
+    _j_rules: bool = True,
+    _s_rules: bool = True,
+    _fwd: bool | None = None,
+) -> Callable:
+    """neural-tangents' ``empirical_ntk_fn``, same signature and semantics.
+
+    ``implementation`` takes neural-tangents' ints (0 auto, 1 Jacobian contraction, 2 NTK-vector
+    products, 3 structured derivatives) or :class:`NtkImplementation`. The private ``_j_rules``,
+    ``_s_rules`` and ``_fwd`` switches are accepted and ignored.
+    """
+    try:
+        implementation = NtkImplementation(implementation)
+    except ValueError:
+        raise ValueError(
+            f"implementation={implementation!r} is not one of 0, 1, 2, 3 "
+            f"({', '.join(m.name for m in NtkImplementation)})"
+        ) from None
+    return ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, _IMPLEMENTATION_METHOD[implementation])

@@ -1,0 +1,138 @@
+"""One NTK request, checked: the function, the two inputs, the per-leaf axes and the batching.
+
+Everything a method needs to compute a kernel lives here, so that the methods only differ in how
+they contract. ``Config`` is the static, hashable half (resolved once per input signature, outside
+``jit``); ``Problem`` adds the arrays (inside ``jit``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from ntkc._axes import KernelAxes
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """``vmap_axes`` resolved against the inputs: examples do not interact along these axes.
+
+    Attributes:
+      inputs: per flattened ``(x, kwargs)`` leaf, the batch axis or None.
+      outputs: per output leaf, its non-negative batch axis.
+      size1: number of examples in ``x1``.
+      size2: number of examples in ``x2``.
+    """
+
+    inputs: tuple[int | None, ...]
+    outputs: tuple[int, ...]
+    size1: int
+    size2: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The static part of a kernel call: hashable, used as a ``jit`` static argument."""
+
+    method: str
+    axes: tuple[KernelAxes, ...]
+    out_treedef: Any
+    batching: Batching | None
+    x2_is_x1: bool
+    static_kwargs1: Any  # (treedef, tuple of (position, value)) of non-array kwargs
+    static_kwargs2: Any
+    strict: bool = False
+
+
+def merge_kwargs(static, dynamic_leaves):
+    """Rebuilds a kwargs dict from its array leaves and its static (non-array) leaves."""
+    treedef, static_items = static
+    leaves = list(dynamic_leaves)
+    for pos, value in static_items:
+        leaves.insert(pos, value)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def split_static(kwargs: dict, name: str):
+    """Splits kwargs into array leaves (traced by jit) and hashable static leaves."""
+    leaves, treedef = jax.tree_util.tree_flatten(kwargs)
+    dynamic, static = [], []
+    for pos, leaf in enumerate(leaves):
+        if isinstance(leaf, (jax.Array, jnp.ndarray)) or hasattr(leaf, "__array__"):
+            dynamic.append(leaf)
+        else:
+            try:
+                hash(leaf)
+            except TypeError:
+                raise TypeError(
+                    f"{name}: keyword argument leaf {leaf!r} is neither an array nor hashable"
+                ) from None
+            static.append((pos, leaf))
+    return dynamic, (treedef, tuple(static))
+
+
+@dataclasses.dataclass
+class Problem:
+    """A checked NTK request with its arrays; built inside ``jit``."""
+
+    f: Callable
+    x1: Any
+    x2: Any
+    params: Any
+    kwargs1: dict
+    kwargs2: dict
+    config: Config
+
+    @property
+    def axes(self) -> tuple[KernelAxes, ...]:
+        return self.config.axes
+
+    @property
+    def batching(self) -> Batching | None:
+        return self.config.batching
+
+    @property
+    def same_inputs(self) -> bool:
+        return self.config.x2_is_x1
+
+    def full_fn(self, side: int) -> Callable:
+        """``params -> flat list of output leaves`` on the whole batch of ``x1`` or ``x2``."""
+        x, kw = (self.x1, self.kwargs1) if side == 1 else (self.x2, self.kwargs2)
+
+        def fn(params):
+            return jax.tree_util.tree_leaves(self.f(params, x, **kw))
+
+        return fn
+
+    def _leaves(self, side: int):
+        x, kw = (self.x1, self.kwargs1) if side == 1 else (self.x2, self.kwargs2)
+        return jax.tree_util.tree_flatten((x, kw))
+
+    def batched_inputs(self, side: int) -> tuple[list, list[int]]:
+        """The batched leaves of ``(x, kwargs)`` of one side and their batch axes, for ``vmap``."""
+        leaves, _ = self._leaves(side)
+        pairs = [(l, ax) for l, ax in zip(leaves, self.batching.inputs) if ax is not None]
+        return [l for l, _ in pairs], [ax for _, ax in pairs]
+
+    def example_fn(self, side: int) -> Callable:
+        """``(params, batched leaves of one example) -> flat output leaves`` without batch axes.
+
+        Unbatched leaves are closed over; ``f`` itself sees a batch of one, as in neural-tangents.
+        """
+        leaves, treedef = self._leaves(side)
+        batching = self.batching
+
+        def fn(params, batched):
+            it = iter(batched)
+            full = [
+                leaf if ax is None else jnp.expand_dims(next(it), ax)
+                for leaf, ax in zip(leaves, batching.inputs)
+            ]
+            x, kw = jax.tree_util.tree_unflatten(treedef, full)
+            outs = jax.tree_util.tree_leaves(self.f(params, x, **kw))
+            return [jnp.squeeze(o, ax) for o, ax in zip(outs, batching.outputs)]
+
+        return fn

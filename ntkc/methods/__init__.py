@@ -1,0 +1,1 @@
+"""The reference methods: Jacobian contraction and NTK-vector products."""

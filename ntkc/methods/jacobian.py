@@ -1,0 +1,36 @@
+"""Jacobian contraction: build J(x1) and J(x2) by reverse mode, contract leaf by leaf.
+
+Cost N·O·[FP] + N²·O²·P. Traced and diagonal axes are applied inside the contraction (one einsum
+per parameter leaf), so the O x O block is never built when it is not asked for.
+"""
+
+from __future__ import annotations
+
+import string
+
+import jax
+import jax.numpy as jnp
+
+from ntkc._problem import Problem
+from ntkc.methods._batch import per_example_jacobians
+
+# Output axes take letters from the front, parameter axes from the back.
+_PARAM_LETTERS = string.ascii_letters[::-1]
+
+
+def contract_jacobians(j1, j2, axes, dtype=None):
+    """Θ for one output leaf from two Jacobian pytrees shaped ``(*out, *param_leaf)``."""
+    l1, l2, lo = axes.labels()
+    total = None
+    for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
+        p = _PARAM_LETTERS[: a.ndim - axes.ndim]
+        term = jnp.einsum(f"{l1}{p},{l2}{p}->{lo}", a, b)
+        total = term if total is None else total + term
+    return total / axes.trace_size
+
+
+def kernel(prob: Problem) -> list:
+    """Θ per output leaf (a flat list) by Jacobian contraction."""
+    jac1 = per_example_jacobians(prob, 1)
+    jac2 = jac1 if prob.same_inputs else per_example_jacobians(prob, 2)
+    return [contract_jacobians(a, b, ax) for a, b, ax in zip(jac1, jac2, prob.axes)]

@@ -1,0 +1,76 @@
+"""NTK-vector products: Θ e = J(x1) (J(x2)ᵀ e) for each basis vector e of f(x2)'s output.
+
+Cost N²·O·[FP]. Trace and diagonal axes are applied while computing: each product J(x1) v is
+reduced at once to the entries its basis vector pairs with (the same index along traced and
+diagonal axes), so the O1 x O2 block is never stored; with ``vmap_axes`` a diagonal or traced
+example axis visits N example pairs instead of N².
+"""
+
+from __future__ import annotations
+
+import math
+import string
+
+import jax
+import jax.numpy as jnp
+
+from ntkc._axes import KernelAxes
+from ntkc._problem import Problem
+from ntkc.methods._batch import place_example_axes
+
+
+def _pair_kernel(f1, f2, params, axes: KernelAxes):
+    """Θ for one output leaf given ``f1, f2: params -> that leaf``."""
+    out2, vjp2 = jax.vjp(f2, params)
+    n = math.prod(axes.shape2)
+    paired = set(axes.trace) | set(axes.diagonal)
+
+    def column(i):
+        e = jnp.zeros((n,), out2.dtype).at[i].set(1).reshape(axes.shape2)
+        (v,) = vjp2(e)
+        w = jax.jvp(f1, (params,), (v,))[1]
+        index = jnp.unravel_index(i, axes.shape2) if axes.shape2 else ()
+        return w[tuple(index[a] if a in paired else slice(None) for a in range(axes.ndim))]
+
+    cols = jax.vmap(column)(jnp.arange(n))
+    free1 = [axes.shape1[a] for a in axes.free]
+    cols = cols.reshape(tuple(axes.shape2) + tuple(free1))
+    l1, l2, lo = axes.labels()
+    l1_free = "".join(l1[a] for a in axes.free)
+    return jnp.einsum(f"{l2}{l1_free}->{lo}", cols) / axes.trace_size
+
+
+def _leaf(fn, k):
+    return lambda *args: fn(*args)[k]
+
+
+def kernel(prob: Problem) -> list:
+    """Θ per output leaf (a flat list) by NTK-vector products."""
+    out = []
+    for k, axes in enumerate(prob.axes):
+        if prob.batching is None:
+            f1, f2 = _leaf(prob.full_fn(1), k), _leaf(prob.full_fn(2), k)
+            out.append(_pair_kernel(f1, f2, prob.params, axes))
+            continue
+        b = prob.batching.outputs[k]
+        example_axes = axes.drop(b)
+        g1, g2 = _leaf(prob.example_fn(1), k), _leaf(prob.example_fn(2), k)
+        in1, ax1 = prob.batched_inputs(1)
+        in2, ax2 = prob.batched_inputs(2)
+
+        def pair(e1, e2, g1=g1, g2=g2, example_axes=example_axes):
+            return _pair_kernel(
+                lambda p: g1(p, e1), lambda p: g2(p, e2), prob.params, example_axes
+            )
+
+        if b in axes.free:
+            inner = jax.vmap(pair, in_axes=(None, ax2))
+            theta = jax.vmap(inner, in_axes=(ax1, None))(in1, in2)
+            out.append(place_example_axes(theta, axes, b, 2))
+        else:
+            theta = jax.vmap(pair, in_axes=(ax1, ax2))(in1, in2)
+            if b in axes.diagonal:
+                out.append(place_example_axes(theta, axes, b, 1))
+            else:
+                out.append(jnp.mean(theta, axis=0))
+    return out

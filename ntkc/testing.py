@@ -1,0 +1,76 @@
+"""Test helpers: a plain float64 reference NTK that every method is checked against."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+
+def _canonical(axes, ndim):
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    return sorted(a % ndim for a in axes)
+
+
+def _leaf_kernel(j1, j2, ndim, trace_axes, diagonal_axes):
+    """Full J1 J2ᵀ, then trace, diagonal and layout, one axis at a time (no shared code with
+    the methods, so that it is an independent oracle)."""
+    k = sum(
+        np.tensordot(a.reshape(a.shape[:ndim] + (-1,)), b.reshape(b.shape[:ndim] + (-1,)),
+                     axes=([ndim], [ndim]))
+        for a, b in zip(j1, j2)
+    )
+    trace = _canonical(trace_axes, ndim)
+    diag = _canonical(diagonal_axes, ndim)
+    names = [(a, 1) for a in range(ndim)] + [(a, 2) for a in range(ndim)]
+    scale = 1
+    for a in trace:
+        i, j = names.index((a, 1)), names.index((a, 2))
+        scale *= k.shape[i]
+        k = np.trace(k, axis1=i, axis2=j)
+        names = [n for n in names if n[0] != a]
+    for a in diag:
+        i, j = names.index((a, 1)), names.index((a, 2))
+        k = np.diagonal(k, axis1=i, axis2=j)
+        names = [n for n in names if n[0] != a] + [(a, 0)]
+    order = []
+    for a in range(ndim):
+        if a in trace:
+            continue
+        order += [(a, 0)] if a in diag else [(a, 1), (a, 2)]
+    k = np.transpose(k, [names.index(n) for n in order])
+    return k / scale
+
+
+def reference_ntk(f, x1, x2, params, trace_axes=(-1,), diagonal_axes=(), **kwargs):
+    """The empirical NTK by full Jacobians in float64 (numpy contraction).
+
+    Args:
+      f: ``f(params, x, **kwargs)``.
+      x1, x2: inputs; ``x2=None`` means ``x1``.
+      params: parameters (cast to float64, which needs ``jax_enable_x64``).
+      trace_axes, diagonal_axes: as in :func:`ntkc.ntk_fn`.
+      **kwargs: passed to ``f`` on both sides as they are (no rng splitting).
+
+    Returns:
+      A pytree of numpy float64 kernels, one per output leaf.
+    """
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("reference_ntk needs jax.config.update('jax_enable_x64', True)")
+    to64 = lambda t: jax.tree.map(
+        lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating)
+        else a, t)
+    params64 = to64(params)
+    x1 = to64(x1)
+    x2 = x1 if x2 is None else to64(x2)
+    out = jax.eval_shape(lambda p: f(p, x1, **kwargs), params64)
+    jac1 = jax.jacrev(lambda p: jax.tree.leaves(f(p, x1, **kwargs)))(params64)
+    jac2 = jax.jacrev(lambda p: jax.tree.leaves(f(p, x2, **kwargs)))(params64)
+    kernels = [
+        _leaf_kernel([np.asarray(a) for a in jax.tree.leaves(j1)],
+                     [np.asarray(b) for b in jax.tree.leaves(j2)],
+                     o.ndim, trace_axes, diagonal_axes)
+        for j1, j2, o in zip(jac1, jac2, jax.tree.leaves(out))
+    ]
+    return jax.tree.unflatten(jax.tree.structure(out), kernels)
