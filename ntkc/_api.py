@@ -95,9 +95,9 @@ def _output_shapes(f, params, x, kwargs, name):
     try:
         out = jax.eval_shape(lambda p, x: f(p, x, **kwargs), params, x)
     except Exception as err:  # the user's function rejected the input: say which one
+        call = f"f(params, {name}, **kwargs)" if kwargs else f"f(params, {name})"
         raise ValueError(
-            f"f(params, {name}) failed for {name} of shape {_describe(x)}: "
-            f"{type(err).__name__}: {err}"
+            f"{call} failed for {name} of shape {_describe(x)}: {type(err).__name__}: {err}"
         ) from err
     for leaf in jax.tree.leaves(out):
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
@@ -106,39 +106,47 @@ def _output_shapes(f, params, x, kwargs, name):
     return out
 
 
-def _flat_prefix(prefix, tree, name):
+def _flat_prefix(prefix, tree, name, what):
     """Broadcasts an axes prefix tree over ``tree``: one axis (or None) per leaf of ``tree``."""
     prefix_leaves, prefix_def = jax.tree_util.tree_flatten(prefix, is_leaf=lambda a: a is None)
     try:
         subtrees = prefix_def.flatten_up_to(tree)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError):
         raise ValueError(
-            f"vmap_axes: {name} {prefix!r} does not match the structure of the inputs: {err}"
+            f"vmap_axes: {name}={prefix!r} does not match the structure of {what}, "
+            f"{jax.tree.structure(tree)}"
         ) from None
     return [ax for ax, sub in zip(prefix_leaves, subtrees) for _ in jax.tree.leaves(sub)]
 
 
-def _batch_size(leaves, axes, name):
-    size = None
+def _leaf_names(x, kwargs, name):
+    """Readable names of the leaves of ``(x, kwargs)``, e.g. ``x1['a']`` or ``kwargs['mask']``."""
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path((x, kwargs))[0]]
+    return [(name if path[0].idx == 0 else "kwargs") + jax.tree_util.keystr(path[1:])
+            for path in paths]
+
+
+def _batch_size(leaves, axes, names):
+    size = size_name = None
     out = []
-    for leaf, ax in zip(leaves, axes):
+    for leaf, ax, name in zip(leaves, axes, names):
         if ax is None:
             out.append(None)
             continue
         if not isinstance(ax, int) or isinstance(ax, bool):
-            raise TypeError(f"vmap_axes: axes must be ints or None, got {ax!r}")
+            raise TypeError(f"vmap_axes: axes must be ints or None, got {ax!r} for {name}")
         shape = np.shape(leaf)
         if not -len(shape) <= ax < max(len(shape), 1) or not shape:
             raise ValueError(
-                f"vmap_axes: axis {ax} is out of range for {name} leaf of shape {shape}"
+                f"vmap_axes: batch axis {ax} is out of range for {name} of shape {shape}"
             )
         ax %= len(shape)
         if size is not None and shape[ax] != size:
             raise ValueError(
-                f"vmap_axes: {name} leaves have different sizes along their batch axes "
-                f"({size} and {shape[ax]})"
+                f"vmap_axes: inputs hold different numbers of examples along their batch axes: "
+                f"{size} in {size_name} but {shape[ax]} in {name} (shape {shape}, axis {ax})"
             )
-        size = shape[ax]
+        size, size_name = shape[ax], name
         out.append(ax)
     return size, out
 
@@ -157,18 +165,26 @@ def resolve_batching(vmap_axes, x1, x2, kwargs1, kwargs2, out1, out2) -> Batchin
             "vmap_axes must be None, an int, or a triple (in_axes, out_axes, kwargs_axes); "
             f"got {vmap_axes!r}"
         )
-    kwargs_axes = dict(kwargs_axes or {})
+    if kwargs_axes is None:
+        kwargs_axes = {}
+    if not isinstance(kwargs_axes, dict):
+        raise TypeError(
+            "vmap_axes: kwargs_axes must be a dict from keyword argument names to axes, "
+            f"got {kwargs_axes!r}"
+        )
     unknown = set(kwargs_axes) - set(kwargs1)
     if unknown:
         raise ValueError(f"vmap_axes: kwargs_axes names {sorted(unknown)}, which are not "
                          f"keyword arguments of this call ({sorted(kwargs1)})")
     prefix = (in_axes, {k: kwargs_axes.get(k) for k in kwargs1})
-    axes1 = _flat_prefix(prefix, (x1, kwargs1), "in_axes")
-    axes2 = _flat_prefix(prefix, (x2, kwargs2), "in_axes")
+    axes1 = _flat_prefix(prefix, (x1, kwargs1), "in_axes", "the inputs (x1, kwargs)")
+    axes2 = _flat_prefix(prefix, (x2, kwargs2), "in_axes", "the inputs (x2, kwargs)")
     if all(a is None for a in axes1):
         return None
-    size1, axes1 = _batch_size(jax.tree.leaves((x1, kwargs1)), axes1, "x1")
-    size2, axes2 = _batch_size(jax.tree.leaves((x2, kwargs2)), axes2, "x2")
+    size1, axes1 = _batch_size(jax.tree.leaves((x1, kwargs1)), axes1,
+                               _leaf_names(x1, kwargs1, "x1"))
+    size2, axes2 = _batch_size(jax.tree.leaves((x2, kwargs2)), axes2,
+                               _leaf_names(x2, kwargs2, "x2"))
     if axes1 != axes2:
         raise ValueError("vmap_axes: x1 and x2 resolve to different batch axes")
     for leaf, ax in zip(jax.tree.leaves((x1, kwargs1)), axes1):
@@ -179,12 +195,13 @@ def resolve_batching(vmap_axes, x1, x2, kwargs1, kwargs2, out1, out2) -> Batchin
     if isinstance(out_axes, int) and not isinstance(out_axes, bool):
         out_flat = [out_axes] * len(leaves1)
     else:
-        out_flat = _flat_prefix(out_axes, out1, "out_axes")
+        out_flat = _flat_prefix(out_axes, out1, "out_axes", "the output of f")
     outputs = []
     for o1, o2, ax in zip(leaves1, leaves2, out_flat):
-        if ax is None or not -o1.ndim <= ax < o1.ndim:
+        if not isinstance(ax, int) or isinstance(ax, bool) or not -o1.ndim <= ax < o1.ndim:
             raise ValueError(
-                f"vmap_axes: out axis {ax!r} is not an axis of an output of shape {o1.shape}"
+                f"vmap_axes: out_axes gives {ax!r}, which is not an axis of an output of "
+                f"shape {o1.shape}"
             )
         ax %= o1.ndim
         if o1.shape[ax] != size1 or o2.shape[ax] != size2:
@@ -194,6 +211,38 @@ def resolve_batching(vmap_axes, x1, x2, kwargs1, kwargs2, out1, out2) -> Batchin
             )
         outputs.append(ax)
     return Batching(tuple(axes1), tuple(outputs), size1, size2)
+
+
+def _check_example_outputs(f, params, x, kwargs, batching: Batching, out) -> None:
+    """Checks ``out_axes`` by shape: ``f`` on one example (a batch of one along ``in_axes``) must
+    return ``out`` with size 1 along ``out_axes``, which is what per-example Jacobians rely on."""
+    leaves, treedef = jax.tree.flatten((x, kwargs))
+    one = [
+        jax.ShapeDtypeStruct(tuple(1 if d == ax else n for d, n in enumerate(np.shape(leaf))),
+                             leaf.dtype)
+        for leaf, ax in zip(leaves, batching.inputs) if ax is not None
+    ]
+
+    def f_one(params, batched):
+        it = iter(batched)
+        full = [leaf if ax is None else next(it) for leaf, ax in zip(leaves, batching.inputs)]
+        x, kw = jax.tree.unflatten(treedef, full)
+        return jax.tree.leaves(f(params, x, **kw))
+
+    try:
+        outs = jax.eval_shape(f_one, params, one)
+    except Exception as err:
+        raise ValueError(
+            "vmap_axes: f(params, x1) fails on a single example (a batch of one along in_axes), "
+            f"which per-example Jacobians need: {type(err).__name__}: {err}"
+        ) from err
+    for o, o_one, ax in zip(jax.tree.leaves(out), outs, batching.outputs):
+        expected = o.shape[:ax] + (1,) + o.shape[ax + 1 :]
+        if o_one.shape != expected:
+            raise ValueError(
+                f"vmap_axes: out_axes gives axis {ax} for an output of shape {o.shape}, but one "
+                f"example along in_axes gives an output of shape {o_one.shape}, not {expected}"
+            )
 
 
 def _signature(tree):
@@ -258,13 +307,13 @@ def ntk_fn(
     def resolve(x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
         check_params(params)
         x2_is_x1 = x2 is None
-        out1 = _output_shapes(f, params, x1, kwargs1, "x1")
-        out2 = out1 if x2_is_x1 else _output_shapes(f, params, x2, kwargs2, "x2")
         if not x2_is_x1 and jax.tree.structure(x1) != jax.tree.structure(x2):
             raise ValueError(
                 f"x1 and x2 have different structures: {jax.tree.structure(x1)} and "
                 f"{jax.tree.structure(x2)}"
             )
+        out1 = _output_shapes(f, params, x1, kwargs1, "x1")
+        out2 = out1 if x2_is_x1 else _output_shapes(f, params, x2, kwargs2, "x2")
         treedef = jax.tree.structure(out1)
         if jax.tree.structure(out2) != treedef:
             raise ValueError("f(params, x1) and f(params, x2) return different output structures")
@@ -275,6 +324,8 @@ def ntk_fn(
         batching = resolve_batching(
             vmap_axes, x1, x1 if x2_is_x1 else x2, kwargs1, kwargs2, out1, out2
         )
+        if batching is not None:
+            _check_example_outputs(f, params, x1, kwargs1, batching, out1)
         for k, ax in enumerate(axes):
             if batching is not None and batching.outputs[k] not in ax.free:
                 if batching.size1 != batching.size2:
