@@ -16,6 +16,7 @@ import numpy as np
 
 from ntkc._axes import make_kernel_axes
 from ntkc._problem import Batching, Config, Problem, merge_kwargs, split_static
+from ntkc import pipeline
 from ntkc.methods import estimate, jacobian, ntvp
 
 METHODS = ("auto", "structured", "jacobian", "ntvp")
@@ -23,6 +24,7 @@ METHODS = ("auto", "structured", "jacobian", "ntvp")
 _KERNELS: dict[str, Callable[[Problem], list]] = {
     "jacobian": jacobian.kernel,
     "ntvp": ntvp.kernel,
+    "structured": pipeline.kernel,
 }
 
 

@@ -1,0 +1,94 @@
+"""The intermediate representation of the structured-derivatives compiler.
+
+A parameter leaf θ reaches the network through a :class:`Chain` of structure-only ops (transpose,
+reshape, convert: bijections on entries) giving a value ``p``; each equation that consumes ``p``
+is a :class:`Use`. A rule describes the use's Jacobian ``∂y/∂p`` by a :class:`Form`: an einsum
+``y[out_labels] = Σ Π factors · p[param_labels]`` whose factors are compact (the layer input of a
+dense layer, a mask) instead of the dense ``|y| x |p|`` matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Hashable, Sequence
+
+Label = Hashable
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """Structure-only ops from a parameter leaf to the value a use consumes.
+
+    Attributes:
+      leaf: index of the parameter leaf.
+      eqns: the chain's equations, in order (empty: the leaf itself).
+    """
+
+    leaf: int
+    eqns: tuple = ()
+
+    @property
+    def signature(self) -> tuple:
+        """Equal for chains that compute the same function of the leaf."""
+        return (self.leaf,) + tuple(
+            (e.primitive.name, tuple(sorted((k, repr(v)) for k, v in e.params.items())))
+            for e in self.eqns
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Use:
+    """One place where a parameter value enters the linear map.
+
+    Attributes:
+      eqn_index: index of the consuming equation, or None when ``p`` is itself an output.
+      operand: position of ``p`` among the equation's operands (or among the outputs).
+      chain: how ``p`` is computed from the parameter leaf.
+      primitive: name of the consuming primitive (``"output"`` for an output).
+    """
+
+    eqn_index: int | None
+    operand: int
+    chain: Chain
+    primitive: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """``y[out_labels] = Σ_(other labels) Π factors · p[param_labels]``: a use's ``∂y/∂p``.
+
+    Labels are any hashables, local to the form. A label of ``out_labels`` that is also in
+    ``param_labels`` is an identity (diagonal) structure; one only in ``out_labels`` and the
+    factors is dense; one only in ``out_labels`` is a broadcast; one only in ``param_labels``
+    is summed over (a reduction).
+
+    Attributes:
+      out_labels: one label per axis of ``y``.
+      param_labels: one label per axis of ``p``.
+      factors: ``(array, labels)`` pairs.
+      structure: a short human-readable summary, for plans and docs.
+    """
+
+    out_labels: tuple
+    param_labels: tuple
+    factors: tuple = ()
+    structure: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "out_labels", tuple(self.out_labels))
+        object.__setattr__(self, "param_labels", tuple(self.param_labels))
+        object.__setattr__(self, "factors", tuple((a, tuple(l)) for a, l in self.factors))
+
+    @property
+    def spec(self) -> tuple:
+        """The static half: labels only."""
+        return (self.out_labels, self.param_labels, tuple(l for _, l in self.factors), self.structure)
+
+    @property
+    def arrays(self) -> list:
+        return [a for a, _ in self.factors]
+
+
+def identity_form(ndim: int, structure: str = "identity") -> Form:
+    labels = tuple(range(ndim))
+    return Form(labels, labels, (), structure)

@@ -1,0 +1,149 @@
+"""Evaluate one side (x1 or x2) of the structured program: residuals, factors and cotangents.
+
+For each use the rule's factors are evaluated on the residuals, and ∂f/∂y for every use output is
+obtained by one reverse pass of the downstream linear map per output basis vector (the
+N·O·[FP] part of the cost). Under ``vmap_axes`` this runs per example, inside ``vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from ntkc._compat import Literal, bind, read
+from ntkc.ir import Form, identity_form
+from ntkc.passes.uses import Analysis
+from ntkc.rules import dense_forms, lookup
+
+_REPORTED: set[str] = set()
+
+
+class UnsupportedPrimitiveError(NotImplementedError):
+    """Raised under ``strict=True`` for a parameter use that has no structured rule."""
+
+
+def _fallback(name: str, strict: bool, why: str):
+    if strict:
+        raise UnsupportedPrimitiveError(
+            f"primitive {name!r} has no structured rule ({why}) and strict=True; "
+            "pass strict=False to use the dense fallback, or register a rule with ntkc.register_rule"
+        )
+    if name not in _REPORTED:
+        _REPORTED.add(name)
+        warnings.warn(
+            f"ntkc: no structured rule for primitive {name!r} ({why}); using the dense Jacobian "
+            "of that equation (correct, slower)",
+            stacklevel=2,
+        )
+
+
+def use_outvars(analysis: Analysis, u):
+    jaxpr = analysis.traced.jaxpr.jaxpr
+    if u.eqn_index is None:
+        return [jaxpr.outvars[u.operand]]
+    return list(jaxpr.eqns[u.eqn_index].outvars)
+
+
+def _forms(analysis, u, env, tangent_vars, strict) -> list[Form]:
+    jaxpr = analysis.traced.jaxpr.jaxpr
+    if u.eqn_index is None:
+        return [identity_form(len(jaxpr.outvars[u.operand].aval.shape))]
+    eqn = jaxpr.eqns[u.eqn_index]
+    operands = [
+        None if (not isinstance(v, Literal) and v in tangent_vars) else read(env, v)
+        for v in eqn.invars
+    ]
+    shapes = [tuple(v.aval.shape) for v in eqn.invars]
+    outs = [v.aval for v in eqn.outvars]
+    rule = lookup(eqn.primitive)
+    forms = None if rule is None else rule(operands, u.operand, outs, shapes, eqn.params)
+    if forms is None:
+        _fallback(eqn.primitive.name, strict, "no rule" if rule is None else "rule declined")
+        forms = dense_forms(eqn, operands, u.operand, eqn.invars[u.operand].aval)
+    return forms
+
+
+def evaluate_side(analysis: Analysis, params: list, inputs: list, strict: bool):
+    """Factors and cotangents of every use on one side.
+
+    Returns:
+      ``(arrays, specs)``: ``arrays = (factors, cotangents)`` with ``factors[u][v]`` the factor
+      arrays of output ``v`` of use ``u`` and ``cotangents[k][u][v]`` of shape
+      ``(*out_leaf_k.shape, *y_v.shape)``; ``specs[u][v]`` the static form specs.
+    """
+    traced = analysis.traced
+    jaxpr = traced.jaxpr.jaxpr
+    env = dict(zip(jaxpr.constvars, traced.jaxpr.consts))
+    env.update(zip(traced.param_vars, params))
+    env.update(zip(traced.input_vars, inputs))
+    tangent_vars = set(traced.tangent_vars)
+    for k, eqn in enumerate(jaxpr.eqns):
+        if k in analysis.tangent:
+            tangent_vars.update(eqn.outvars)
+        else:
+            env.update(zip(eqn.outvars, bind(eqn, [read(env, v) for v in eqn.invars])))
+
+    forms = [_forms(analysis, u, env, tangent_vars, strict) for u in analysis.uses]
+    output_uses = {u.operand: i for i, u in enumerate(analysis.uses) if u.eqn_index is None}
+
+    def downstream(ys):
+        """The linear map from use outputs to f's outputs (everything after the uses)."""
+        tenv = {}
+
+        def arg(v, zero_chains):
+            if isinstance(v, Literal) or v not in tangent_vars:
+                return read(env, v)
+            if v in analysis.chains:
+                return jnp.zeros(v.aval.shape, v.aval.dtype) if zero_chains else None
+            return tenv[v]
+
+        for k in sorted(analysis.tangent):
+            if k in analysis.chain_eqns:
+                continue
+            eqn = jaxpr.eqns[k]
+            if k in analysis.uses_by_eqn:
+                others = any(
+                    not isinstance(v, Literal) and v in tangent_vars and v not in analysis.chains
+                    for v in eqn.invars
+                )
+                outs = bind(eqn, [arg(v, True) for v in eqn.invars]) if others else None
+                for ui in analysis.uses_by_eqn[k]:
+                    outs = ys[ui] if outs is None else [a + b for a, b in zip(outs, ys[ui])]
+            else:
+                outs = bind(eqn, [arg(v, False) for v in eqn.invars])
+            tenv.update(zip(eqn.outvars, outs))
+        result = []
+        for i, v in enumerate(jaxpr.outvars):
+            if i in output_uses:
+                result.append(ys[output_uses[i]][0])
+            elif not isinstance(v, Literal) and v in tenv:
+                result.append(tenv[v])
+            else:  # does not depend on the parameters
+                result.append(jnp.zeros(v.aval.shape, v.aval.dtype))
+        return result
+
+    ys0 = [
+        [jnp.zeros(v.aval.shape, v.aval.dtype) for v in use_outvars(analysis, u)]
+        for u in analysis.uses
+    ]
+    _, pullback = jax.vjp(downstream, ys0)
+    out_avals = [v.aval for v in jaxpr.outvars]
+    cotangents = []
+    for k, aval in enumerate(out_avals):
+        size = math.prod(aval.shape)
+
+        def cot(e, k=k):
+            cts = [jnp.zeros(a.shape, a.dtype) for a in out_avals]
+            cts[k] = e.reshape(aval.shape).astype(aval.dtype)
+            return pullback(cts)[0]
+
+        cts = jax.vmap(cot)(jnp.eye(size, dtype=aval.dtype))
+        cotangents.append(
+            jax.tree.map(lambda c, shape=tuple(aval.shape): c.reshape(shape + c.shape[1:]), cts)
+        )
+    factors = [[f.arrays for f in fs] for fs in forms]
+    specs = [[f.spec for f in fs] for fs in forms]
+    return (factors, cotangents), specs

@@ -1,0 +1,29 @@
+"""Inline call-like sub-jaxprs (jit, closed_call, remat, custom_jvp/vjp) into one flat jaxpr.
+
+Done by re-tracing: evaluate the jaxpr, recursing into inlinable equations instead of binding them,
+under ``make_jaxpr``. Loops and conditionals (scan, while, cond) stay as they are; the uses pass
+treats a parameter entering one of them with the dense rule.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from ntkc._compat import ClosedJaxpr, bind, inlinable_jaxpr, read
+
+
+def _eval_inlined(jaxpr, consts, args):
+    env = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        ins = [read(env, v) for v in eqn.invars]
+        sub = inlinable_jaxpr(eqn)
+        outs = _eval_inlined(sub[0], sub[1], ins) if sub is not None else bind(eqn, ins)
+        env.update(zip(eqn.outvars, outs))
+    return [read(env, v) for v in jaxpr.outvars]
+
+
+def inline(closed: ClosedJaxpr) -> ClosedJaxpr:
+    """A ClosedJaxpr computing the same function with call-like equations inlined."""
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+    return jax.make_jaxpr(lambda *a: _eval_inlined(closed.jaxpr, closed.consts, a))(*avals)

@@ -1,0 +1,166 @@
+"""Per pair of uses of a parameter leaf, one einsum network (∂f/∂y₁, factors₁, factors₂, ∂f/∂y₂).
+
+Labels are integers: output axes get ``2a`` (x1) and ``2a + 1`` (x2), shared when the axis is
+traced or diagonal, so the einsum applies ``trace_axes`` and ``diagonal_axes`` itself; the
+parameter axes of the two forms are shared; every other label is private to its side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ntkc._axes import KernelAxes
+from ntkc._compat import bind
+from ntkc.passes.uses import Analysis
+
+_SHARED = 1_000_000
+
+
+@dataclasses.dataclass
+class Side:
+    """One side's evaluated structured program (arrays may carry a leading example axis)."""
+
+    analysis: Analysis
+    factors: list
+    cotangents: list
+    specs: list
+    batched: bool
+
+
+def _output_labels(axes: KernelAxes, side: int) -> list[int]:
+    shared = set(axes.trace) | set(axes.diagonal)
+    return [2 * a if (side == 1 or a in shared) else 2 * a + 1 for a in range(axes.ndim)]
+
+
+def _kernel_labels(axes: KernelAxes) -> list[int]:
+    out = []
+    for a in range(axes.ndim):
+        if a in axes.trace:
+            continue
+        out += [2 * a] if a in axes.diagonal else [2 * a, 2 * a + 1]
+    return out
+
+
+class _Labeler:
+    """Maps a form's local labels to einsum integers: parameter labels shared, others private."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def side(self, spec):
+        out_labels, param_labels, _, _ = spec
+        table = {l: _SHARED + j for j, l in enumerate(param_labels)}
+        return lambda l: table.setdefault(l, next(self.counter))
+
+
+def _side_operands(side: Side, k, u, v, axes, batch_axis, side_no, lab, y_only=False):
+    """Interleaved einsum operands of one side: the cotangent and the factors."""
+    spec = side.specs[u][v]
+    out_labels, _, factor_labels, _ = spec
+    o = _output_labels(axes, side_no)
+    example = [o[batch_axis]] if side.batched else []
+    per_example = [o[a] for a in range(axes.ndim) if a != batch_axis] if side.batched else o
+    ops = [side.cotangents[k][u][v], example + per_example + [lab(l) for l in out_labels]]
+    for arr, labels in zip(side.factors[u][v], factor_labels):
+        ops += [arr, example + [lab(l) for l in labels]]
+    return ops, example + per_example
+
+
+def _present(ops) -> set:
+    return {l for labels in ops[1::2] for l in labels}
+
+
+def _multiplicity(spec, p_shape, present) -> int:
+    """Parameter axes that no operand carries (a reduction) count each entry that many times."""
+    return math.prod(
+        p_shape[j] for j in range(len(p_shape)) if _SHARED + j not in present
+    )
+
+
+def _einsum_to(ops, labels, shapes_by_label):
+    """einsum to ``labels``, broadcasting any label that no operand carries."""
+    present = _present(ops)
+    kept = [l for l in labels if l in present]
+    out = jnp.einsum(*ops, kept)
+    for i, l in enumerate(labels):
+        if l not in present:
+            out = jnp.expand_dims(out, i)
+    return jnp.broadcast_to(out, tuple(shapes_by_label[l] for l in labels))
+
+
+def _pull_back(g, chain, leaf_aval, n_lead):
+    """Transpose of the chain (θ -> p) applied to g (leading axes ``n_lead``): p-space -> θ."""
+    if not chain.eqns:
+        return g
+
+    def forward(theta):
+        x = theta
+        for eqn in chain.eqns:
+            x = bind(eqn, [x] + [None] * 0)[0]
+        return x
+
+    transpose = jax.linear_transpose(forward, jax.ShapeDtypeStruct(leaf_aval.shape, leaf_aval.dtype))
+    lead = g.shape[:n_lead]
+    flat = g.reshape((-1,) + g.shape[n_lead:])
+    back = jax.vmap(lambda x: transpose(x)[0])(flat)
+    return back.reshape(lead + back.shape[1:])
+
+
+def _use_aval(analysis: Analysis, u):
+    use = analysis.uses[u]
+    jaxpr = analysis.traced.jaxpr.jaxpr
+    if use.eqn_index is None:
+        return jaxpr.outvars[use.operand].aval
+    return jaxpr.eqns[use.eqn_index].invars[use.operand].aval
+
+
+def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side, s2: Side):
+    """The kernel of output leaf ``k``: Σ over leaves and pairs of uses, traced and laid out."""
+    out = _kernel_labels(axes)
+    total = jnp.zeros(axes.kernel_shape, jnp.result_type(*[c for c in jax.tree.leaves(s1.cotangents[k])] or [jnp.float32]))
+    for leaf in range(n_params):
+        uses1 = s1.analysis.uses_of_leaf(leaf)
+        uses2 = s2.analysis.uses_of_leaf(leaf)
+        for u1, u2 in itertools.product(uses1, uses2):
+            same = s1.analysis.uses[u1].chain.signature == s2.analysis.uses[u2].chain.signature
+            n1, n2 = len(s1.specs[u1]), len(s2.specs[u2])
+            for v1, v2 in itertools.product(range(n1), range(n2)):
+                counter = itertools.count(10_000)
+                lab = _Labeler(counter)
+                spec1, spec2 = s1.specs[u1][v1], s2.specs[u2][v2]
+                p1 = _use_aval(s1.analysis, u1)
+                p2 = _use_aval(s2.analysis, u2)
+                if same:
+                    ops1, _ = _side_operands(s1, k, u1, v1, axes, batch_axis, 1, lab.side(spec1))
+                    ops2, _ = _side_operands(s2, k, u2, v2, axes, batch_axis, 2, lab.side(spec2))
+                    ops = ops1 + ops2
+                    term = jnp.einsum(*ops, out) * _multiplicity(spec1, p1.shape, _present(ops))
+                else:
+                    term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out)
+                total = total + term.astype(total.dtype)
+    return total / axes.trace_size
+
+
+def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out):
+    """Different chains to the same leaf: gradients in θ-space, then their inner product."""
+    grads = []
+    for side, u, v, no in ((s1, u1, v1, 1), (s2, u2, v2, 2)):
+        spec = side.specs[u][v]
+        ops, lead = _side_operands(side, k, u, v, axes, batch_axis, no, lab.side(spec))
+        p_aval = _use_aval(side.analysis, u)
+        p_labels = [_SHARED + j for j in range(len(p_aval.shape))]
+        sizes = {l: s for l, s in zip(p_labels, p_aval.shape)}
+        for arr, labels in zip(ops[0::2], ops[1::2]):
+            sizes.update(zip(labels, arr.shape))
+        g = _einsum_to(ops, lead + p_labels, sizes)
+        chain = side.analysis.uses[u].chain
+        leaf_aval = side.analysis.traced.tangent_vars[chain.leaf].aval
+        grads.append((_pull_back(g, chain, leaf_aval, len(lead)), lead))
+    (g1, lead1), (g2, lead2) = grads
+    theta = list(range(2_000_000, 2_000_000 + g1.ndim - len(lead1)))
+    return jnp.einsum(g1, lead1 + theta, g2, lead2 + theta, out)

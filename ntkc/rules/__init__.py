@@ -1,0 +1,6 @@
+"""The rule table, filled at import by one module per family."""
+
+from ntkc.rules import elementwise, linear, structural  # noqa: F401  (registration)
+from ntkc.rules.registry import Rule, dense_forms, lookup, register, registered, unregister
+
+__all__ = ["Rule", "dense_forms", "lookup", "register", "registered", "unregister"]
