@@ -74,3 +74,47 @@ def reference_ntk(f, x1, x2, params, trace_axes=(-1,), diagonal_axes=(), **kwarg
         for j1, j2, o in zip(jac1, jac2, jax.tree.leaves(out))
     ]
     return jax.tree.unflatten(jax.tree.structure(out), kernels)
+
+
+def apply_form(form, p):
+    """Evaluates a rule's :class:`ntkc.ir.Form` on a value ``p``: ``y = Σ Π factors · p``.
+
+    Used to check a rule against the primitive itself (its Jacobian must match ``jacfwd`` of the
+    primitive in ``p``). Labels only on ``y`` are broadcasts.
+    """
+    import jax.numpy as jnp
+
+    ids = {}
+    lab = lambda l: ids.setdefault(l, len(ids))
+    ops, sizes = [], {}
+    for arr, labels in form.factors:
+        arr = jnp.asarray(arr)
+        ops += [arr, [lab(l) for l in labels]]
+        sizes.update(zip(labels, arr.shape))
+    ops += [p, [lab(l) for l in form.param_labels]]
+    sizes.update(zip(form.param_labels, jnp.shape(p)))
+    present = set(form.param_labels) | {l for _, ls in form.factors for l in ls}
+    kept = [l for l in form.out_labels if l in present]
+    y = jnp.einsum(*ops, [lab(l) for l in kept])
+    for i, l in enumerate(form.out_labels):
+        if l not in present:
+            y = jnp.expand_dims(y, i)
+    return y
+
+
+def rule_forms(primitive, operands, index, **params):
+    """Runs the registered rule of ``primitive`` with operand ``index`` as the parameter.
+
+    Returns the rule's forms (None when it declines) and the primitive's outputs on
+    ``operands`` (for shapes).
+    """
+    from ntkc.rules import lookup
+
+    outs = primitive.bind(*operands, **params)
+    outs = list(outs) if primitive.multiple_results else [outs]
+    args = [None if i == index else a for i, a in enumerate(operands)]
+    shapes = [tuple(np.shape(a)) for a in operands]
+    rule = lookup(primitive)
+    if rule is None:
+        raise LookupError(f"no rule registered for {primitive}")
+    return rule(args, index, [jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs], shapes, params), outs
