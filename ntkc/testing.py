@@ -102,19 +102,32 @@ def apply_form(form, p):
     return y
 
 
-def rule_forms(primitive, operands, index, **params):
-    """Runs the registered rule of ``primitive`` with operand ``index`` as the parameter.
+def rule_forms(fn, operands, index):
+    """Traces ``fn(*operands)`` and runs the registered rule of the equation that consumes
+    ``operands[index]`` (the parameter), with that operand as ``p``.
 
-    Returns the rule's forms (None when it declines) and the primitive's outputs on
-    ``operands`` (for shapes).
+    Returns ``(forms, eqn, outs)``: the rule's forms (None when it declines), the traced equation
+    and its outputs on ``operands``.
     """
+    from ntkc._compat import Literal, bind
     from ntkc.rules import lookup
 
-    outs = primitive.bind(*operands, **params)
-    outs = list(outs) if primitive.multiple_results else [outs]
-    args = [None if i == index else a for i, a in enumerate(operands)]
-    shapes = [tuple(np.shape(a)) for a in operands]
-    rule = lookup(primitive)
-    if rule is None:
-        raise LookupError(f"no rule registered for {primitive}")
-    return rule(args, index, [jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs], shapes, params), outs
+    closed = jax.make_jaxpr(fn)(*operands)
+    jaxpr = closed.jaxpr
+    env = dict(zip(jaxpr.constvars, closed.consts))
+    env.update(zip(jaxpr.invars, operands))
+    target = jaxpr.invars[index]
+    for eqn in jaxpr.eqns:
+        args = [v.val if isinstance(v, Literal) else env[v] for v in eqn.invars]
+        if any(v is target for v in eqn.invars):
+            position = [i for i, v in enumerate(eqn.invars) if v is target][0]
+            outs = bind(eqn, args)
+            rule = lookup(eqn.primitive)
+            if rule is None:
+                raise LookupError(f"no rule registered for {eqn.primitive}")
+            known = [None if i == position else a for i, a in enumerate(args)]
+            shapes = [tuple(np.shape(a)) for a in args]
+            avals = [jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs]
+            return rule(known, position, avals, shapes, eqn.params), eqn, outs
+        env.update(zip(eqn.outvars, bind(eqn, args)))
+    raise ValueError(f"operand {index} is not consumed by any equation of fn")
