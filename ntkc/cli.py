@@ -49,17 +49,19 @@ def resnet(params, x):
     return h @ params["head"]["w"] + params["head"]["b"][None, :]
 
 
-def init_resnet(key, channels=3, width=16, outputs=10, dtype=jnp.float32):
-    """He-normal weights and zero biases for :func:`resnet`.
+def init_resnet(rng: np.random.Generator, channels=3, width=16, outputs=10, dtype=np.float32):
+    """He-normal weights and zero biases for :func:`resnet`, drawn with numpy (``jax.random``
+    would compile one sampler per shape, seconds on a small CPU).
 
     ``stride`` entries are Python ints, which are pytree leaves: the demo strips them from the
     trainable params with :func:`split_strides`.
     """
-    keys = iter(jax.random.split(key, 16))
+
+    def normal(shape, std):
+        return jnp.asarray(std * rng.standard_normal(shape), dtype)
 
     def conv(k, cin, cout):
-        std = float(np.sqrt(2.0 / (k * k * cin)))
-        return std * jax.random.normal(next(keys), (k, k, cin, cout), dtype)
+        return normal((k, k, cin, cout), np.sqrt(2.0 / (k * k * cin)))
 
     zeros = lambda n: jnp.zeros((n,), dtype)
     blocks = []
@@ -69,9 +71,10 @@ def init_resnet(key, channels=3, width=16, outputs=10, dtype=jnp.float32):
         if stride != 1 or cin != cout:
             block["proj"] = conv(1, cin, cout)
         blocks.append(block)
-    head = float(np.sqrt(1.0 / (2 * width))) * jax.random.normal(next(keys), (2 * width, outputs), dtype)
     return {"stem": {"w": conv(3, channels, width), "b": zeros(width)},
-            "blocks": blocks, "head": {"w": head, "b": zeros(outputs)}}
+            "blocks": blocks,
+            "head": {"w": normal((2 * width, outputs), np.sqrt(1.0 / (2 * width))),
+                     "b": zeros(outputs)}}
 
 
 def split_strides(params):
@@ -125,9 +128,9 @@ def demo(n: int = 8, seed: int = 0, size: int = 32, out=None) -> int:
     x64 = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)  # for the float64 reference only
     try:
-        key_params, key_x = jax.random.split(jax.random.PRNGKey(seed))
-        f, params = split_strides(init_resnet(key_params))
-        x = jax.random.normal(key_x, (n, size, size, 3), jnp.float32)
+        rng = np.random.default_rng(seed)
+        f, params = split_strides(init_resnet(rng))
+        x = jnp.asarray(rng.standard_normal((n, size, size, 3)), jnp.float32)
         n_params = sum(leaf.size for leaf in jax.tree.leaves(params))
         options = dict(trace_axes=(-1,), vmap_axes=0)
 
@@ -193,7 +196,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
