@@ -10,17 +10,21 @@ from ntkc.ir import Form
 from ntkc.rules.registry import register
 
 
-def _labels(aval_or_array, ndim_out):
-    """Labels of an elementwise operand: y's labels, or none for a broadcast scalar."""
-    nd = jnp.ndim(aval_or_array) if not hasattr(aval_or_array, "shape") else len(aval_or_array.shape)
-    return tuple(range(ndim_out)) if nd == ndim_out else ()
+def _operand_labels(shape, out_shape, tag):
+    """Labels of an elementwise operand against y: y's label where sizes match; an own label for
+    a size-1 axis that broadcasts (and none at all for a rank-0 operand)."""
+    if len(shape) == 0:
+        return ()
+    return tuple(a if n == out_shape[a] else (tag, a) for a, n in enumerate(shape))
 
 
-def _diagonal(outs, p_ndim, factor=None, structure="diagonal"):
-    ry = len(outs[0].shape)
-    y = tuple(range(ry))
-    p = y if p_ndim == ry else ()
-    factors = () if factor is None else ((factor, _labels(factor, ry)),)
+def _diagonal(outs, p_shape, factor=None, structure="diagonal"):
+    out_shape = tuple(outs[0].shape)
+    y = tuple(range(len(out_shape)))
+    p = _operand_labels(tuple(p_shape), out_shape, "p")
+    factors = ()
+    if factor is not None:
+        factors = ((factor, _operand_labels(jnp.shape(factor), out_shape, "f")),)
     return [Form(y, p, factors, structure)]
 
 
@@ -30,7 +34,7 @@ def def_identity(primitive, sign: float = 1.0):
     @register(primitive, "identity" if sign > 0 else "identity x -1")
     def rule(*, operands, index, outs, shapes, **_):
         factor = None if sign > 0 else jnp.asarray(sign, outs[0].dtype)
-        return _diagonal(outs, len(shapes[index]), factor, "identity")
+        return _diagonal(outs, shapes[index], factor, "identity")
 
     return rule
 
@@ -38,12 +42,12 @@ def def_identity(primitive, sign: float = 1.0):
 @register(lax.sub_p, "identity, x -1 for the subtrahend")
 def _sub(*, operands, index, outs, shapes, **_):
     factor = None if index == 0 else jnp.asarray(-1, outs[0].dtype)
-    return _diagonal(outs, len(shapes[index]), factor, "identity")
+    return _diagonal(outs, shapes[index], factor, "identity")
 
 
 @register(lax.neg_p, "identity x -1")
 def _neg(*, operands, index, outs, shapes, **_):
-    return _diagonal(outs, len(shapes[index]), jnp.asarray(-1, outs[0].dtype), "identity")
+    return _diagonal(outs, shapes[index], jnp.asarray(-1, outs[0].dtype), "identity")
 
 
 @register(lax.mul_p, "diagonal: the other operand")
@@ -51,14 +55,14 @@ def _mul(*, operands, index, outs, shapes, **_):
     other = operands[1 - index]
     if other is None:  # both tangent: not linear, cannot happen in a linear jaxpr
         return None
-    return _diagonal(outs, len(shapes[index]), other, "diagonal")
+    return _diagonal(outs, shapes[index], other, "diagonal")
 
 
 @register(lax.div_p, "diagonal: 1 / denominator")
 def _div(*, operands, index, outs, shapes, **_):
     if index != 0 or operands[1] is None:
         return None
-    return _diagonal(outs, len(shapes[index]), 1 / operands[1], "diagonal")
+    return _diagonal(outs, shapes[index], 1 / operands[1], "diagonal")
 
 
 @register(lax.select_n_p, "diagonal: the mask of the selected case")
@@ -67,7 +71,7 @@ def _select_n(*, operands, index, outs, shapes, **_):
     if index == 0 or pred is None:
         return None
     mask = (pred == (index - 1)) if pred.dtype != jnp.bool_ else (pred if index == 2 else ~pred)
-    return _diagonal(outs, len(shapes[index]), mask.astype(outs[0].dtype), "diagonal (mask)")
+    return _diagonal(outs, shapes[index], mask.astype(outs[0].dtype), "diagonal (mask)")
 
 
 for _p in (lax.add_p, add_any_p, lax.convert_element_type_p, lax.copy_p, lax.reduce_precision_p):
