@@ -76,12 +76,12 @@ def mixer(p, x):  # x: (N, tokens, channels)
 
 
 def weight_norm(p, x):
-    w = p["v"] / jnp.linalg.norm(p["v"], axis=0, keepdims=True) * p["g"]
+    w = p["v"] / jnp.linalg.norm(p["v"], axis=0, keepdims=True) * p["g"][None, :]
     return jnp.sin(x @ w) @ p["out"]
 
 
 def through_nonlinearity(p, x):
-    return jnp.tanh(x * jnp.exp(p["s"])) @ (p["w"] ** 2)
+    return jnp.tanh(x * jnp.exp(p["s"])[None, :]) @ (p["w"] ** 2)
 
 
 def conv_input_param(p, x):  # the image is the parameter, the data is the filter
@@ -183,7 +183,7 @@ def test_fallback_is_reported_once_per_primitive():
     emit._REPORTED.discard("cond")
 
     def f(p, x):
-        return lax.cond(x.sum() > 0, lambda w: x @ w, lambda w: -(x @ w), p["w"])
+        return lax.cond(p["w"].sum() > 0, lambda w: x @ w, lambda w: -(x @ w), p["w"])
 
     params = {"w": normal(0, (3, 2))}
     with pytest.warns(UserWarning, match="cond"):
