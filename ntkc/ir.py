@@ -54,6 +54,18 @@ class Use:
 
 
 @dataclasses.dataclass(frozen=True)
+class OneHot:
+    """Marks a factor given by integer indices: ``onehot(ids, size)`` with the one-hot axis last.
+
+    When both sides of a pair index the same parameter axis, the network contracts the pair to
+    the token-equality matrix ``ids1 == ids2`` and the one-hot matrix is never built.
+    """
+
+    labels: tuple
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Form:
     """``y[out_labels] = Σ_(other labels) Π factors · p[param_labels]``: a use's ``∂y/∂p``.
 
@@ -65,7 +77,7 @@ class Form:
     Attributes:
       out_labels: one label per axis of ``y``.
       param_labels: one label per axis of ``p``.
-      factors: ``(array, labels)`` pairs.
+      factors: ``(array, labels)`` pairs; ``labels`` may be a :class:`OneHot` for an index array.
       structure: a short human-readable summary, for plans and docs.
     """
 
@@ -77,7 +89,9 @@ class Form:
     def __post_init__(self):
         object.__setattr__(self, "out_labels", tuple(self.out_labels))
         object.__setattr__(self, "param_labels", tuple(self.param_labels))
-        object.__setattr__(self, "factors", tuple((a, tuple(l)) for a, l in self.factors))
+        object.__setattr__(
+            self, "factors",
+            tuple((a, l if isinstance(l, OneHot) else tuple(l)) for a, l in self.factors))
 
     @property
     def spec(self) -> tuple:

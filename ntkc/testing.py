@@ -84,16 +84,21 @@ def apply_form(form, p):
     """
     import jax.numpy as jnp
 
+    from ntkc.ir import OneHot
+
     ids = {}
     lab = lambda l: ids.setdefault(l, len(ids))
+    factor_labels = [ls.labels if isinstance(ls, OneHot) else ls for _, ls in form.factors]
     ops, sizes = [], {}
     for arr, labels in form.factors:
         arr = jnp.asarray(arr)
+        if isinstance(labels, OneHot):
+            arr, labels = jax.nn.one_hot(arr, labels.size, dtype=jnp.result_type(p)), labels.labels
         ops += [arr, [lab(l) for l in labels]]
         sizes.update(zip(labels, arr.shape))
     ops += [p, [lab(l) for l in form.param_labels]]
     sizes.update(zip(form.param_labels, jnp.shape(p)))
-    present = set(form.param_labels) | {l for _, ls in form.factors for l in ls}
+    present = set(form.param_labels) | {l for ls in factor_labels for l in ls}
     kept = [l for l in form.out_labels if l in present]
     y = jnp.einsum(*ops, [lab(l) for l in kept])
     for i, l in enumerate(form.out_labels):

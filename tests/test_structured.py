@@ -163,10 +163,37 @@ def test_interacting_examples_need_vmap_axes_none():
     assert not np.allclose(np.asarray(wrong), ref)
 
 
+def cond_model(p, x):
+    return lax.cond(p["w"].sum() > 0, lambda w: x @ w, lambda w: -(x @ w), p["w"])
+
+
 def test_strict_names_the_primitive_without_a_rule():
-    f, params, x1, x2 = CASES["tied_embedding"]
-    with pytest.raises(UnsupportedPrimitiveError, match="gather"):
-        ntkc.ntk_fn(f, vmap_axes=0, method="structured", strict=True)(x1, x2, params)
+    params = {"w": normal(0, (3, 2))}
+    with pytest.raises(UnsupportedPrimitiveError, match="cond"):
+        ntkc.ntk_fn(cond_model, vmap_axes=0, method="structured", strict=True)(
+            normal(4, (2, 3)), None, params)
+
+
+@pytest.mark.parametrize("trace_axes,diagonal_axes,vmap_axes", [
+    ((-1,), (), 0), ((), (), None), ((), (0,), 0), ((-1,), (), None)])
+def test_embedding_uses_token_equality_without_fallback(trace_axes, diagonal_axes, vmap_axes):
+    """Gathers (x[ids], jnp.take with clipping, negative ids) have a rule: strict passes.
+
+    (Out-of-range ids under x[ids] are left out: JAX promises in-bounds there, and its own
+    forward (clamped) and reverse (dropped) modes disagree on them.)
+    """
+
+    def f(p, ids):
+        h = jnp.tanh(p["E"][ids].mean(1))
+        return h @ p["E"].T + jnp.take(p["E"], ids[:, 0], axis=0, mode="clip") @ p["W"]
+
+    params = {"E": normal(0, (7, 4)), "W": normal(1, (4, 7))}
+    x1, x2 = jnp.array([[1, 2, 3], [0, 1, 6]]), jnp.array([[1, 1, 3], [5, 4, 6], [2, 6, -2]])
+    x2 = x2 if not diagonal_axes else None
+    out = ntkc.ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, method="structured",
+                      strict=True)(x1, x2, params)
+    ref = ntkc.testing.reference_ntk(f, x1, x2, params, trace_axes, diagonal_axes)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.quick
@@ -181,10 +208,7 @@ def test_fallback_is_reported_once_per_primitive():
     from ntkc.passes import emit
 
     emit._REPORTED.discard("cond")
-
-    def f(p, x):
-        return lax.cond(p["w"].sum() > 0, lambda w: x @ w, lambda w: -(x @ w), p["w"])
-
+    f = cond_model
     params = {"w": normal(0, (3, 2))}
     with pytest.warns(UserWarning, match="cond"):
         ntkc.ntk_fn(f, vmap_axes=0, method="structured")(normal(4, (2, 3)), None, params)

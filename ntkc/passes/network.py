@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from ntkc._axes import KernelAxes
 from ntkc._compat import bind
+from ntkc.ir import OneHot
 from ntkc.passes.uses import Analysis
 
 _SHARED = 1_000_000
@@ -58,8 +59,12 @@ class _Labeler:
         return lambda l: table.setdefault(l, next(self.counter))
 
 
-def _side_operands(side: Side, k, u, v, axes, batch_axis, side_no, lab, y_only=False):
-    """Interleaved einsum operands of one side: the cotangent and the factors."""
+def _side_operands(side: Side, k, u, v, axes, batch_axis, side_no, lab, indices=None):
+    """Interleaved einsum operands of one side: the cotangent and the factors.
+
+    One-hot factors are materialized, unless ``indices`` is a list: then they are appended to it
+    as ``(ids, labels, size)`` for the caller to contract against the other side.
+    """
     spec = side.specs[u][v]
     out_labels, _, factor_labels, _ = spec
     o = _output_labels(axes, side_no)
@@ -67,8 +72,42 @@ def _side_operands(side: Side, k, u, v, axes, batch_axis, side_no, lab, y_only=F
     per_example = [o[a] for a in range(axes.ndim) if a != batch_axis] if side.batched else o
     ops = [side.cotangents[k][u][v], example + per_example + [lab(l) for l in out_labels]]
     for arr, labels in zip(side.factors[u][v], factor_labels):
-        ops += [arr, example + [lab(l) for l in labels]]
+        if isinstance(labels, OneHot):
+            mapped = example + [lab(l) for l in labels.labels]
+            if indices is not None:
+                indices.append((arr, mapped, labels.size))
+            else:
+                ops += [jax.nn.one_hot(arr, labels.size, dtype=ops[0].dtype), mapped]
+        else:
+            ops += [arr, example + [lab(l) for l in labels]]
     return ops, example + per_example
+
+
+def _align(arr, labels, target):
+    """``arr`` (axes named by ``labels``) transposed and expanded to broadcast over ``target``."""
+    order = sorted(range(len(labels)), key=lambda i: target.index(labels[i]))
+    arr = jnp.transpose(arr, order)
+    present = set(labels)
+    return arr.reshape(tuple(arr.shape[order.index(labels.index(t))] if t in present else 1
+                             for t in target))
+
+
+def _index_operands(idx1, idx2, dtype):
+    """Pairs of one-hot factors on the same parameter axis become token-equality matrices
+    ``ids1 == ids2``; the rest are materialized as one-hot matrices."""
+    ops = []
+    for ids1, l1, size in idx1:
+        match = next((j for j, (_, l2, _) in enumerate(idx2) if l2[-1] == l1[-1]), None)
+        if match is None:
+            ops += [jax.nn.one_hot(ids1, size, dtype=dtype), l1]
+            continue
+        ids2, l2, _ = idx2.pop(match)
+        target = list(dict.fromkeys(l1[:-1] + l2[:-1]))
+        a, b = _align(ids1, l1[:-1], target), _align(ids2, l2[:-1], target)
+        ops += [((a == b) & (a < size)).astype(dtype), target]
+    for ids2, l2, size in idx2:
+        ops += [jax.nn.one_hot(ids2, size, dtype=dtype), l2]
+    return ops
 
 
 def _present(ops) -> set:
@@ -136,10 +175,12 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
                 p1 = _use_aval(s1.analysis, u1)
                 p2 = _use_aval(s2.analysis, u2)
                 if same:
-                    ops1, _ = _side_operands(s1, k, u1, v1, axes, batch_axis, 1, lab.side(spec1))
-                    ops2, _ = _side_operands(s2, k, u2, v2, axes, batch_axis, 2, lab.side(spec2))
-                    ops = ops1 + ops2
-                    term = jnp.einsum(*ops, out) * _multiplicity(spec1, p1.shape, _present(ops))
+                    idx1, idx2 = [], []
+                    ops1, _ = _side_operands(s1, k, u1, v1, axes, batch_axis, 1, lab.side(spec1), idx1)
+                    ops2, _ = _side_operands(s2, k, u2, v2, axes, batch_axis, 2, lab.side(spec2), idx2)
+                    present = _present(ops1 + ops2) | {l for _, ls, _ in idx1 + idx2 for l in ls}
+                    ops = ops1 + ops2 + _index_operands(idx1, idx2, ops1[0].dtype)
+                    term = jnp.einsum(*ops, out) * _multiplicity(spec1, p1.shape, present)
                 else:
                     term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out)
                 total = total + term.astype(total.dtype)

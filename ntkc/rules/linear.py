@@ -7,10 +7,13 @@ NTK term contracts ``c1 x1 x2ᵀ c2ᵀ`` in whatever order is cheapest and ``∂
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ntkc.ir import Form
 from ntkc.rules.registry import register
+from ntkc.rules.structural import window_selection as _window_selection
 
 
 @register(lax.dot_general_p, "identity on the batch and free axes of p; dense factor: the other operand")
@@ -34,31 +37,75 @@ def _dot_general(*, operands, index, outs, shapes, dimension_numbers, **_):
     return [Form(out, p_labels, ((other, o_labels),), "dense factor (other operand)")]
 
 
-@register(lax.conv_general_dilated_p, "kernel as p: image patches as the factor; input as p: dense")
+def _conv_labels(dn, out_rank, lhs_rank, rhs_rank):
+    """Labels of y, the input and the kernel of a convolution: batch n, features c (in) and o
+    (out), output pixels ("s", i), input pixels ("j", i), filter taps ("k", i)."""
+    out, lhs, rhs = [None] * out_rank, [None] * lhs_rank, [None] * rhs_rank
+    out[dn.out_spec[0]], out[dn.out_spec[1]] = "n", "o"
+    lhs[dn.lhs_spec[0]], lhs[dn.lhs_spec[1]] = "n", "c"
+    rhs[dn.rhs_spec[0]], rhs[dn.rhs_spec[1]] = "o", "c"
+    for i in range(out_rank - 2):
+        out[dn.out_spec[2 + i]] = ("s", i)
+        lhs[dn.lhs_spec[2 + i]] = ("j", i)
+        rhs[dn.rhs_spec[2 + i]] = ("k", i)
+    return out, lhs, rhs
+
+
+@register(lax.conv_general_dilated_p,
+          "kernel as p: image patches as the factor; input as p: per-axis window selections and "
+          "the kernel")
 def _conv(*, operands, index, outs, shapes, window_strides, padding, lhs_dilation, rhs_dilation,
           dimension_numbers, feature_group_count, batch_group_count, **_):
-    lhs = operands[0]
-    if index != 1 or lhs is None or feature_group_count != 1 or batch_group_count != 1:
+    if batch_group_count != 1 or operands[1 - index] is None:
         return None
     dn = dimension_numbers
-    rhs_shape = shapes[1]
-    filter_shape = tuple(rhs_shape[d] for d in dn.rhs_spec[2:])
+    out_shape = outs[0].shape
+    out, lhs_l, rhs_l = _conv_labels(dn, len(out_shape), len(shapes[0]), len(shapes[1]))
+    groups = feature_group_count
+    n_out, n_in = shapes[1][dn.rhs_spec[0]], shapes[0][dn.lhs_spec[1]]
+    if index == 0:
+        return [_conv_input_form(operands[1], shapes, out_shape, out, lhs_l, rhs_l, dn, groups,
+                                 window_strides, padding, lhs_dilation, rhs_dilation, outs[0].dtype)]
+    lhs = operands[0]
+    filter_shape = tuple(shapes[1][d] for d in dn.rhs_spec[2:])
     patches = lax.conv_general_dilated_patches(
         lhs, filter_shape, window_strides, padding, lhs_dilation, rhs_dilation, dn
     )
     # patches has y's layout with features (C, *filter) flattened: split that axis.
-    n_in = lhs.shape[dn.lhs_spec[1]]
     feat = dn.out_spec[1]
-    patches = patches.reshape(patches.shape[:feat] + (n_in,) + filter_shape + patches.shape[feat + 1 :])
-    out = [None] * len(outs[0].shape)
-    out[dn.out_spec[0]] = "n"
-    out[feat] = "o"
-    for i, d in enumerate(dn.out_spec[2:]):
-        out[d] = ("s", i)
-    patch_labels = out[:feat] + ["c"] + [("k", i) for i in range(len(filter_shape))] + out[feat + 1 :]
-    p = [None] * len(rhs_shape)
-    p[dn.rhs_spec[0]] = "o"
-    p[dn.rhs_spec[1]] = "c"
-    for i, d in enumerate(dn.rhs_spec[2:]):
-        p[d] = ("k", i)
-    return [Form(out, p, ((patches, patch_labels),), "identity on out features; dense factor (patches)")]
+    patches = patches.reshape(patches.shape[:feat] + (n_in,) + filter_shape + patches.shape[feat + 1:])
+    taps = [("k", i) for i in range(len(filter_shape))]
+    if groups == 1:
+        labels = out[:feat] + ["c"] + taps + out[feat + 1:]
+        return [Form(out, rhs_l, ((patches, labels),), "identity on out features; dense factor (patches)")]
+    # Grouped: output feature o reads input features (o // per_group_out) * per_group_in + c.
+    per_in, per_out = n_in // groups, n_out // groups
+    channel = (np.arange(n_out)[:, None] // per_out) * per_in + np.arange(per_in)[None, :]
+    patches = jnp.take(patches, jnp.asarray(channel), axis=feat)  # c -> (o, c within group)
+    labels = out[:feat] + ["o", "c"] + taps + out[feat + 1:]
+    return [Form(out, rhs_l, ((patches, labels),), "identity on out features; dense factor (grouped patches)")]
+
+
+def _conv_input_form(kernel, shapes, out_shape, out, lhs_l, rhs_l, dn, groups, strides, padding,
+                     lhs_dilation, rhs_dilation, dtype):
+    factors = []
+    for i in range(len(out_shape) - 2):
+        factors.append((
+            _window_selection(out_shape[dn.out_spec[2 + i]], shapes[1][dn.rhs_spec[2 + i]],
+                              shapes[0][dn.lhs_spec[2 + i]], strides[i], padding[i][0],
+                              lhs_dilation[i], rhs_dilation[i], dtype),
+            (("s", i), ("k", i), ("j", i)),
+        ))
+    if groups > 1:  # expand the kernel to a block-diagonal one over all input features
+        o_axis, c_axis = dn.rhs_spec[0], dn.rhs_spec[1]
+        n_out, per_in = shapes[1][o_axis], shapes[1][c_axis]
+        n_in = per_in * groups
+        kernel = jnp.take(kernel, jnp.asarray(np.arange(n_in) % per_in), axis=c_axis)
+        mask = (np.arange(n_in)[:, None] // per_in) == (np.arange(n_out)[None, :] // (n_out // groups))
+        shape = [1] * kernel.ndim
+        shape[c_axis], shape[o_axis] = n_in, n_out
+        order = sorted([c_axis, o_axis])
+        mask = mask if order == [c_axis, o_axis] else mask.T
+        kernel = kernel * jnp.asarray(mask, kernel.dtype).reshape(shape)
+    factors.append((kernel, tuple(rhs_l)))
+    return Form(out, lhs_l, factors, "per-axis window selections; dense factor (the kernel)")

@@ -7,9 +7,10 @@ the uses pass folds them into the parameter's chain, so they never need a rule a
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from ntkc.ir import Form
+from ntkc.ir import Form, OneHot
 from ntkc.rules.registry import register
 
 
@@ -173,3 +174,60 @@ def _squeeze(*, operands, index, outs, shapes, dimensions, **_):
 def _transpose(*, operands, index, outs, shapes, permutation, **_):
     p = [("p", i) for i in range(len(shapes[0]))]
     return [Form([p[i] for i in permutation], p, (), "identity (permuted axes)")]
+
+
+def _gather_mode_ids(ids, size, mode):
+    """Indices as the gather reads them: clipped, or out-of-range marked with ``size``."""
+    name = str(mode).upper()
+    if "CLIP" in name or "PROMISE" in name:
+        return jnp.clip(ids, 0, size - 1)
+    return jnp.where((ids >= 0) & (ids < size), ids, size)
+
+
+@register(lax.gather_p, "embedding lookup: one-hot rows by index (token equality between sides)")
+def _gather(*, operands, index, outs, shapes, dimension_numbers, slice_sizes, mode=None, **_):
+    dn = dimension_numbers
+    ids = operands[1]
+    p_shape = shapes[0]
+    if (
+        index != 0 or ids is None
+        or tuple(dn.collapsed_slice_dims) != (0,) or tuple(dn.start_index_map) != (0,)
+        or tuple(getattr(dn, "operand_batching_dims", ())) != ()
+        or tuple(slice_sizes) != (1,) + tuple(p_shape[1:])
+        or ids.shape[-1] != 1
+    ):
+        return None
+    n_batch = ids.ndim - 1
+    out_rank = len(outs[0].shape)
+    if tuple(dn.offset_dims) != tuple(range(n_batch, out_rank)):
+        return None
+    out = [("i", a) for a in range(n_batch)] + [("d", a) for a in range(1, len(p_shape))]
+    p = ["v"] + [("d", a) for a in range(1, len(p_shape))]
+    ids = _gather_mode_ids(ids[..., 0], p_shape[0], mode)
+    onehot = OneHot(tuple(out[:n_batch]) + ("v",), p_shape[0])
+    return [Form(out, p, ((ids, onehot),), "selection of rows (token equality)")]
+
+
+def window_selection(n_out, n_taps, n_in, stride, lo, lhs_dilation, rhs_dilation, dtype):
+    """S[s, k, j] = 1 where output s reads input j through window tap k (one spatial axis).
+
+    Input j sits at ``lo + j * lhs_dilation`` in the padded, dilated signal; output s with tap k
+    reads position ``s * stride + k * rhs_dilation``.
+    """
+    s = np.arange(n_out)[:, None, None]
+    k = np.arange(n_taps)[None, :, None]
+    j = np.arange(n_in)[None, None, :]
+    return jnp.asarray(s * stride + k * rhs_dilation == lo + j * lhs_dilation, dtype)
+
+
+@register(lax.reduce_window_sum_p, "per-axis window sums (0/1 band matrices); average pooling")
+def _reduce_window_sum(*, operands, index, outs, shapes, window_dimensions, window_strides,
+                       padding, base_dilation, window_dilation, **_):
+    mats = []
+    for a, n in enumerate(shapes[0]):
+        trivial = (window_dimensions[a], window_strides[a], tuple(padding[a]), base_dilation[a],
+                   window_dilation[a]) == (1, 1, (0, 0), 1, 1)
+        mats.append(None if trivial else window_selection(
+            outs[0].shape[a], window_dimensions[a], n, window_strides[a], padding[a][0],
+            base_dilation[a], window_dilation[a], outs[0].dtype).sum(1))
+    return [_separable(shapes[0], outs[0].shape, mats, "window sums")]
