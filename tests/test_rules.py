@@ -227,11 +227,9 @@ case("select_n-bool_scalar-p_case1", lax.select_n, [Const(np.bool_(True)), (3, 4
      "select_n", MASK, dtypes=(F64,))
 case("select_n-bool_scalar_false-p_case1", lax.select_n, [Const(np.bool_(False)), (3, 4), (3, 4)],
      2, "select_n", MASK, dtypes=(F64,))
-# BUG: a literal predicate (`select_n True:bool[] a p`, from lax.select_n(True, x, p)) is a Python
-# bool; the select_n rule reads `pred.dtype` and raises AttributeError (also inside ntk_fn,
-# method="structured") instead of returning a mask. Excluded until fixed:
-# case("select_n-literal_pred-p_case1", lambda a, b: lax.select_n(True, a, b), [(3, 4), (3, 4)], 1,
-#      "select_n", MASK, dtypes=(F64,))
+# A literal predicate (`select_n True:bool[] a p`) reaches the rule as a Python bool.
+case("select_n-literal_pred-p_case1", lambda a, b: lax.select_n(True, a, b), [(3, 4), (3, 4)], 1,
+     "select_n", MASK, dtypes=(F64,))
 for _k in (1, 2, 3):
     case(f"select_n-int32-3cases-p_case{_k - 1}", lax.select_n, [INT_PRED, (3, 4), (3, 4), (3, 4)],
          _k, "select_n", MASK)

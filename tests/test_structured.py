@@ -216,3 +216,20 @@ def test_fallback_is_reported_once_per_primitive():
         warnings.simplefilter("error")
         ntkc.ntk_fn(f, (), vmap_axes=0, method="structured")(normal(4, (2, 3)), None, params)
     assert_matches_reference(f, params, normal(4, (2, 3)), normal(5, (3, 3)))
+
+
+def test_while_loop_with_an_integer_counter():
+    """Reverse mode cannot differentiate a while loop; the structured method's dense route
+    (forward mode) can. Reference: forward-mode Jacobians in float64."""
+
+    def f(w, x):
+        n = (x.sum() > 0).astype(int) + 2
+        return lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ w), x)
+
+    x1, w = normal(4, (2, 3)) * 0.3, normal(0, (3, 3)) * 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = ntkc.ntk_fn(f, (), method="structured")(x1, None, w)
+    jac = jax.jacfwd(lambda w: f(w, x1))(w).reshape(2, 3, -1)
+    np.testing.assert_allclose(np.asarray(out), np.einsum("aip,bjp->abij", jac, jac),
+                               rtol=1e-7, atol=1e-9)

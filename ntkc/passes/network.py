@@ -33,6 +33,10 @@ class Side:
     batched: bool
 
 
+def _is_float(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.inexact)
+
+
 def _output_labels(axes: KernelAxes, side: int) -> list[int]:
     shared = set(axes.trace) | set(axes.diagonal)
     return [2 * a if (side == 1 or a in shared) else 2 * a + 1 for a in range(axes.ndim)]
@@ -161,7 +165,8 @@ def _use_aval(analysis: Analysis, u):
 def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side, s2: Side):
     """The kernel of output leaf ``k``: Σ over leaves and pairs of uses, traced and laid out."""
     out = _kernel_labels(axes)
-    total = jnp.zeros(axes.kernel_shape, jnp.result_type(*[c for c in jax.tree.leaves(s1.cotangents[k])] or [jnp.float32]))
+    floating = [c for c in jax.tree.leaves(s1.cotangents[k]) if _is_float(c)]
+    total = jnp.zeros(axes.kernel_shape, jnp.result_type(*floating) if floating else jnp.float32)
     for leaf in range(n_params):
         uses1 = s1.analysis.uses_of_leaf(leaf)
         uses2 = s2.analysis.uses_of_leaf(leaf)
@@ -169,6 +174,8 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
             same = s1.analysis.uses[u1].chain.signature == s2.analysis.uses[u2].chain.signature
             n1, n2 = len(s1.specs[u1]), len(s2.specs[u2])
             for v1, v2 in itertools.product(range(n1), range(n2)):
+                if not (_is_float(s1.cotangents[k][u1][v1]) and _is_float(s2.cotangents[k][u2][v2])):
+                    continue  # an integer output (a loop counter) carries no tangent
                 counter = itertools.count(10_000)
                 lab = _Labeler(counter)
                 spec1, spec2 = s1.specs[u1][v1], s2.specs[u2][v2]

@@ -70,6 +70,7 @@ def _select_n(*, operands, index, outs, shapes, **_):
     pred = operands[0]
     if index == 0 or pred is None:
         return None
+    pred = jnp.asarray(pred)  # a literal predicate arrives as a Python bool or int
     mask = (pred == (index - 1)) if pred.dtype != jnp.bool_ else (pred if index == 2 else ~pred)
     return _diagonal(outs, shapes[index], mask.astype(outs[0].dtype), "diagonal (mask)")
 

@@ -1,0 +1,55 @@
+"""Costs from shapes alone: an immutable :class:`Cost` that adds, and the cost of einsum steps.
+
+``a + b`` sums FLOPs and bytes moved and keeps the larger peak: steps (and terms) run one after
+another, each one's intermediates freed before the next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Mapping, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Estimated cost of a computation.
+
+    Attributes:
+      flops: floating-point operations (a multiply-add counts 2).
+      bytes: bytes read and written.
+      peak: the most bytes live at once.
+    """
+
+    flops: float = 0
+    bytes: float = 0
+    peak: float = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.flops + other.flops, self.bytes + other.bytes, max(self.peak, other.peak))
+
+    def __radd__(self, other):
+        return self if other == 0 else self.__add__(other)
+
+    def __repr__(self) -> str:
+        return f"Cost(flops={self.flops:.3g}, bytes={self.bytes:.3g}, peak={self.peak:.3g})"
+
+
+def size_of(labels: Iterable, sizes: Mapping) -> int:
+    return math.prod(sizes[l] for l in labels)
+
+
+def contraction_cost(
+    inputs: Sequence[Sequence], output: Sequence, sizes: Mapping, itemsize: int = 4
+) -> Cost:
+    """One einsum step ``inputs -> output``: every label is looped over once.
+
+    FLOPs are ``2 * Π sizes`` when a label is summed (a multiply-add per point), else
+    ``(len(inputs) - 1) * Π sizes`` (products only); bytes are the operands plus the result.
+    """
+    involved = set().union(*map(set, inputs)) | set(output)
+    points = size_of(involved, sizes)
+    summed = involved - set(output)
+    flops = (2 if summed else max(len(inputs) - 1, 1)) * points
+    moved = (sum(size_of(l, sizes) for l in inputs) + size_of(output, sizes)) * itemsize
+    return Cost(flops, moved, moved)

@@ -1,0 +1,224 @@
+"""Contraction orders for einsum networks, chosen by cost under an optional memory limit.
+
+Every optimiser has one signature, ``(inputs, output, sizes, memory_limit) -> tree`` where a tree
+is an operand index or a pair of trees, and is registered by name in :data:`OPTIMIZERS`.
+:func:`optimize` returns a :class:`PathInfo` with the path in opt_einsum's linear format (what
+``jnp.einsum(..., optimize=path)`` takes) and the chosen cost against the naive one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable, Sequence
+
+from ntkc.passes.cost import Cost, contraction_cost, size_of
+
+OPTIMIZERS: dict[str, Callable] = {}
+OPTIMAL_MAX_OPERANDS = 8
+
+
+class PathMemoryError(ValueError):
+    """No contraction order keeps every step under ``memory_limit``."""
+
+
+def register_optimizer(name: str):
+    def decorate(fn):
+        OPTIMIZERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def _result_labels(members: frozenset, inputs, output) -> tuple:
+    """Labels of the contraction of ``members``: those still needed outside them."""
+    outside = set(output)
+    for i, labels in enumerate(inputs):
+        if i not in members:
+            outside.update(labels)
+    seen = []
+    for i in sorted(members):
+        for l in inputs[i]:
+            if l in outside and l not in seen:
+                seen.append(l)
+    return tuple(seen)
+
+
+def _step(a_labels, b_labels, out_labels, sizes, itemsize):
+    return contraction_cost([a_labels, b_labels], out_labels, sizes, itemsize)
+
+
+@register_optimizer("optimal")
+def optimal(inputs, output, sizes, memory_limit=None, itemsize=4):
+    """Exhaustive search over all binary trees (dynamic programming over subsets): 3^n."""
+    n = len(inputs)
+    if n > OPTIMAL_MAX_OPERANDS:
+        return greedy(inputs, output, sizes, memory_limit, itemsize)
+    full = frozenset(range(n))
+    best: dict[frozenset, tuple[Cost, object, tuple]] = {}
+    for i in range(n):
+        labels = _result_labels(frozenset([i]), inputs, output) if n > 1 else tuple(output)
+        best[frozenset([i])] = (Cost(), i, tuple(inputs[i]))
+    for size in range(2, n + 1):
+        for members in map(frozenset, itertools.combinations(range(n), size)):
+            out = tuple(output) if members == full else _result_labels(members, inputs, output)
+            first = min(members)
+            rest = sorted(members - {first})
+            candidate = None
+            for k in range(0, len(rest)):
+                for extra in itertools.combinations(rest, k):
+                    a = frozenset((first,) + extra)
+                    b = members - a
+                    if not b or a not in best or b not in best:
+                        continue
+                    ca, ta, la = best[a]
+                    cb, tb, lb = best[b]
+                    step = _step(la, lb, out, sizes, itemsize)
+                    if memory_limit is not None and step.peak > memory_limit:
+                        continue
+                    total = ca + cb + step
+                    if candidate is None or (total.flops, total.peak) < (candidate[0].flops, candidate[0].peak):
+                        candidate = (total, (ta, tb), out)
+            if candidate is not None:
+                best[members] = candidate
+    if full not in best:
+        raise PathMemoryError(f"no contraction order fits memory_limit={memory_limit} bytes")
+    return best[full][1]
+
+
+@register_optimizer("greedy")
+def greedy(inputs, output, sizes, memory_limit=None, itemsize=4):
+    """Repeatedly contract the pair whose step is cheapest (FLOPs, then peak)."""
+    live = {i: (i, tuple(labels), frozenset([i])) for i, labels in enumerate(inputs)}
+    while len(live) > 1:
+        choice = None
+        for a, b in itertools.combinations(sorted(live), 2):
+            ta, la, ma = live[a]
+            tb, lb, mb = live[b]
+            members = ma | mb
+            last = len(live) == 2
+            out = tuple(output) if last else _result_labels(members, inputs, output)
+            step = _step(la, lb, out, sizes, itemsize)
+            if memory_limit is not None and step.peak > memory_limit:
+                continue
+            shares = bool(set(la) & set(lb))
+            key = (not shares, step.flops, step.peak)
+            if choice is None or key < choice[0]:
+                choice = (key, a, b, out, members)
+        if choice is None:
+            raise PathMemoryError(f"no contraction order fits memory_limit={memory_limit} bytes")
+        _, a, b, out, members = choice
+        node = (live[a][0], live[b][0])
+        del live[a], live[b]
+        live[min(members)] = (node, out, members)
+    return next(iter(live.values()))[0]
+
+
+def _opt_einsum_optimizer(kind):
+    def run(inputs, output, sizes, memory_limit=None, itemsize=4):
+        import opt_einsum
+
+        letters = {}
+        sym = lambda l: letters.setdefault(l, opt_einsum.get_symbol(len(letters)))
+        eq = ",".join("".join(map(sym, i)) for i in inputs) + "->" + "".join(map(sym, output))
+        shapes = [tuple(sizes[l] for l in i) for i in inputs]
+        limit = None if memory_limit is None else memory_limit // itemsize
+        path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=kind, memory_limit=limit)
+        nodes = list(range(len(inputs)))
+        for step in path:
+            picked = [nodes[i] for i in step]
+            for i in sorted(step, reverse=True):
+                del nodes[i]
+            tree = picked[0]
+            for p in picked[1:]:
+                tree = (tree, p)
+            nodes.append(tree)
+        return nodes[0]
+
+    return run
+
+
+for _kind in ("dp", "branch-2", "random-greedy"):
+    register_optimizer(f"opt_einsum-{_kind}")(_opt_einsum_optimizer(_kind))
+
+
+@dataclasses.dataclass(frozen=True)
+class PathInfo:
+    """A chosen contraction order.
+
+    Attributes:
+      path: opt_einsum's linear format: pairs of positions in the shrinking operand list.
+      tree: the same order as nested pairs of operand indices.
+      cost: total cost of the chosen order.
+      naive: cost of one step over every label at once.
+      steps: ``(a labels, b labels, result labels, Cost)`` per step.
+    """
+
+    path: tuple
+    tree: object
+    cost: Cost
+    naive: Cost
+    steps: tuple
+
+    def __repr__(self) -> str:
+        speedup = self.naive.flops / max(self.cost.flops, 1)
+        lines = [f"PathInfo: {len(self.steps)} steps, {self.cost.flops:.3g} FLOPs "
+                 f"(naive {self.naive.flops:.3g}, {speedup:.3g}x), peak {self.cost.peak:.3g} B"]
+        for a, b, out, c in self.steps:
+            lines.append(f"  {a} x {b} -> {out}: {c.flops:.3g} FLOPs")
+        return "\n".join(lines)
+
+
+def _linearize(tree, inputs, output, sizes, itemsize):
+    """Tree -> linear path, cost and steps."""
+    nodes = list(range(len(inputs)))  # positions hold tree nodes; leaves are ints
+    labels = {i: tuple(l) for i, l in enumerate(inputs)}
+    members = {i: frozenset([i]) for i in range(len(inputs))}
+    path, steps, total = [], [], Cost()
+    counter = itertools.count(len(inputs))
+
+    def visit(t):
+        nonlocal total
+        if isinstance(t, int):
+            return t
+        a, b = visit(t[0]), visit(t[1])
+        ids = nodes.index(a), nodes.index(b)
+        path.append(tuple(sorted(ids)))
+        m = members[a] | members[b]
+        out = tuple(output) if len(m) == len(inputs) else _result_labels(m, inputs, output)
+        step = _step(labels[a], labels[b], out, sizes, itemsize)
+        steps.append((labels[a], labels[b], out, step))
+        total = total + step
+        for i in sorted(ids, reverse=True):
+            del nodes[i]
+        new = next(counter)
+        nodes.append(new)
+        labels[new], members[new] = out, m
+        return new
+
+    visit(tree)
+    return tuple(path), total, tuple(steps)
+
+
+def optimize(inputs: Sequence[Sequence], output: Sequence, sizes, method: str = "auto",
+             memory_limit: int | None = None, itemsize: int = 4) -> PathInfo:
+    """The contraction order of ``inputs -> output`` chosen by ``method``.
+
+    Args:
+      inputs: labels of each operand.
+      output: labels of the result.
+      sizes: label -> size.
+      method: a name in :data:`OPTIMIZERS`, or ``"auto"`` (optimal up to
+        ``OPTIMAL_MAX_OPERANDS`` operands, greedy beyond).
+      memory_limit: bytes no single step may exceed, or None.
+    """
+    if method == "auto":
+        method = "optimal" if len(inputs) <= OPTIMAL_MAX_OPERANDS else "greedy"
+    if method not in OPTIMIZERS:
+        raise ValueError(f"unknown path optimizer {method!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
+    naive = contraction_cost(inputs, output, sizes, itemsize)
+    if len(inputs) == 1:
+        return PathInfo((), 0, naive, naive, ())
+    tree = OPTIMIZERS[method](inputs, output, sizes, memory_limit, itemsize)
+    path, cost, steps = _linearize(tree, inputs, output, sizes, itemsize)
+    return PathInfo(path, tree, cost, naive, steps)
