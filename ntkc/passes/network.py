@@ -17,9 +17,26 @@ import jax.numpy as jnp
 from ntkc._axes import KernelAxes
 from ntkc._compat import bind
 from ntkc.ir import OneHot
+from ntkc.passes.path import PathInfo, optimize
 from ntkc.passes.uses import Analysis
 
 _SHARED = 1_000_000
+
+# When a list, every contraction appends a record to it (how ntkc.plan inspects a program).
+RECORD: list | None = None
+
+
+def contract(ops, out, **note) -> jnp.ndarray:
+    """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path``."""
+    labels = [list(l) for l in ops[1::2]]
+    sizes = {}
+    for arr, ls in zip(ops[0::2], labels):
+        sizes.update(zip(ls, arr.shape))
+    itemsize = max(jnp.dtype(a.dtype).itemsize for a in ops[0::2])
+    info = optimize(labels, list(out), sizes, itemsize=itemsize)
+    if RECORD is not None:
+        RECORD.append(dict(note, labels=labels, output=list(out), sizes=sizes, path=info))
+    return jnp.einsum(*ops, list(out), optimize=list(info.path) or [(0,)])
 
 
 @dataclasses.dataclass
@@ -129,7 +146,7 @@ def _einsum_to(ops, labels, shapes_by_label):
     """einsum to ``labels``, broadcasting any label that no operand carries."""
     present = _present(ops)
     kept = [l for l in labels if l in present]
-    out = jnp.einsum(*ops, kept)
+    out = contract(ops, kept, kind="gradient")
     for i, l in enumerate(labels):
         if l not in present:
             out = jnp.expand_dims(out, i)
@@ -187,7 +204,9 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
                     ops2, _ = _side_operands(s2, k, u2, v2, axes, batch_axis, 2, lab.side(spec2), idx2)
                     present = _present(ops1 + ops2) | {l for _, ls, _ in idx1 + idx2 for l in ls}
                     ops = ops1 + ops2 + _index_operands(idx1, idx2, ops1[0].dtype)
-                    term = jnp.einsum(*ops, out) * _multiplicity(spec1, p1.shape, present)
+                    note = dict(kind="term", output_leaf=k, param_leaf=leaf, uses=(u1, u2),
+                                structure=(spec1[3], spec2[3]))
+                    term = contract(ops, out, **note) * _multiplicity(spec1, p1.shape, present)
                 else:
                     term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out)
                 total = total + term.astype(total.dtype)
@@ -211,4 +230,4 @@ def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out):
         grads.append((_pull_back(g, chain, leaf_aval, len(lead)), lead))
     (g1, lead1), (g2, lead2) = grads
     theta = list(range(2_000_000, 2_000_000 + g1.ndim - len(lead1)))
-    return jnp.einsum(g1, lead1 + theta, g2, lead2 + theta, out)
+    return contract([g1, lead1 + theta, g2, lead2 + theta], out, kind="term (different chains)")
