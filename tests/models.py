@@ -1,9 +1,11 @@
 """A zoo of tiny models for end-to-end NTK tests.
 
 Each factory returns ``(f, params, x1, x2)`` with ``f(params, x, **kwargs) -> output``: float64
-arrays, a deterministic init from a fixed key, ``x1`` holding 3 examples and ``x2`` holding 2 (so
-that ``x2`` exercises unequal batch sizes). Every model treats examples independently along axis 0
-of its inputs and outputs, so ``vmap_axes=0`` is valid for all of them.
+arrays, a deterministic init from a fixed ``jax.random`` key, ``x1`` holding 3 examples and ``x2``
+holding 2 (so that ``x2`` exercises unequal batch sizes). Every model in ``MODELS`` treats examples
+independently along axis 0 of its inputs and outputs, so ``vmap_axes=0`` is valid for all of them.
+Library models (Flax Linen and NNX, Equinox, Haiku) import their library inside the factory, so
+this module imports with plain JAX only.
 
 ``tests/conftest.py`` sets ``jax_numpy_rank_promotion="raise"``: broadcasts between arrays of
 different ranks are written out explicitly.
@@ -14,6 +16,7 @@ Factories are cached (``functools.cache``): call them freely, but do not mutate 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -26,27 +29,44 @@ N1, N2 = 3, 2
 F64 = jnp.float64
 
 
-def _keys(seed: int, n: int):
-    return list(jax.random.split(jax.random.PRNGKey(seed), n))
+_POOL_SIZE = 2048
 
 
-def _normal(key, shape, scale=1.0):
-    return scale * jax.random.normal(key, shape, F64)
+@functools.cache
+def _pool(seed: int) -> np.ndarray:
+    return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (_POOL_SIZE,), F64))
 
 
-def _to64(tree):
-    """Casts every floating leaf of ``tree`` to float64 (for library models that init in f32)."""
-    return jax.tree.map(
-        lambda a: a.astype(F64)
-        if isinstance(a, (jax.Array, np.ndarray)) and jnp.issubdtype(a.dtype, jnp.floating)
-        else a,
-        tree,
-    )
+class _Rand:
+    """Standard normals from a fixed ``jax.random`` key, handed out in consecutive chunks of one
+    draw of fixed size: every model shares one compilation of the generator (an eager
+    ``jax.random.normal`` per shape costs a compilation each, seconds per model on CPU)."""
 
+    def __init__(self, seed: int):
+        self.flat, self.pos = _pool(seed), 0
 
-def _inputs(seed: int, shape):
-    k1, k2 = _keys(seed, 2)
-    return _normal(k1, (N1,) + tuple(shape)), _normal(k2, (N2,) + tuple(shape))
+    def __call__(self, shape, scale=1.0):
+        n = math.prod(shape)
+        assert self.pos + n <= _POOL_SIZE, "model too large for the draw pool"
+        chunk = self.flat[self.pos : self.pos + n].reshape(shape) * scale
+        self.pos += n
+        return jnp.asarray(chunk, F64)
+
+    def fill(self, abstract):
+        """Replaces every ``jax.ShapeDtypeStruct`` leaf by a float64 draw: weights scaled by
+        1/sqrt(product of all but their last axis), vectors (biases) by 0.1."""
+
+        def one(a):
+            if not isinstance(a, jax.ShapeDtypeStruct):
+                return a
+            scale = 0.1 if a.ndim <= 1 else math.prod(a.shape[:-1]) ** -0.5
+            return self(a.shape, scale)
+
+        return jax.tree.map(one, abstract)
+
+    def inputs(self, shape):
+        """``x1`` with N1 examples and ``x2`` with N2, of per-example ``shape``."""
+        return self((N1,) + tuple(shape)), self((N2,) + tuple(shape))
 
 
 def _row(b):
@@ -60,11 +80,11 @@ def _row(b):
 @functools.cache
 def mlp():
     """tanh MLP with biases, (N, 4) -> (N, 3)."""
-    k = _keys(0, 6)
+    r = _Rand(0)
     params = {
-        "w1": _normal(k[0], (4, 8), 0.5), "b1": _normal(k[1], (8,), 0.1),
-        "w2": _normal(k[2], (8, 8), 0.35), "b2": _normal(k[3], (8,), 0.1),
-        "w3": _normal(k[4], (8, 3), 0.35), "b3": _normal(k[5], (3,), 0.1),
+        "w1": r((4, 8), 0.5), "b1": r((8,), 0.1),
+        "w2": r((8, 8), 0.35), "b2": r((8,), 0.1),
+        "w3": r((8, 3), 0.35), "b3": r((3,), 0.1),
     }
 
     def f(p, x):
@@ -72,17 +92,18 @@ def mlp():
         h = jnp.tanh(h @ p["w2"] + _row(p["b2"]))
         return h @ p["w3"] + _row(p["b3"])
 
-    return (f, params) + _inputs(100, (4,))
+    return (f, params) + r.inputs((4,))
 
 
 @functools.cache
 def cnn():
-    """NHWC conv (stride 2), relu, conv, relu, global average pool, dense: (N, 8, 8, 2) -> (N, 3)."""
-    k = _keys(1, 6)
+    """NHWC conv (stride 2), relu, conv, relu, global average pool, dense:
+    (N, 8, 8, 2) -> (N, 3)."""
+    r = _Rand(1)
     params = {
-        "c1": _normal(k[0], (3, 3, 2, 4), 0.3), "cb1": _normal(k[1], (4,), 0.1),
-        "c2": _normal(k[2], (3, 3, 4, 4), 0.3), "cb2": _normal(k[3], (4,), 0.1),
-        "w": _normal(k[4], (4, 3), 0.5), "b": _normal(k[5], (3,), 0.1),
+        "c1": r((3, 3, 2, 4), 0.3), "cb1": r((4,), 0.1),
+        "c2": r((3, 3, 4, 4), 0.3), "cb2": r((4,), 0.1),
+        "w": r((4, 3), 0.5), "b": r((3,), 0.1),
     }
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -94,77 +115,72 @@ def cnn():
         h = jnp.mean(h, axis=(1, 2))
         return h @ p["w"] + _row(p["b"])
 
-    return (f, params) + _inputs(101, (8, 8, 2))
+    return (f, params) + r.inputs((8, 8, 2))
 
 
-T, D, HEADS = 4, 8, 2
+T, D = 4, 8
 
 
 @functools.cache
 def attention():
-    """Two-head self-attention over (N, T=4, D=8) tokens with a residual, layer-norm-free, then a
-    per-token head: output (N, T, 3)."""
-    k = _keys(2, 6)
+    """Single-head self-attention over (N, T=4, D=8) tokens with a residual, then a per-token
+    head: output (N, T, 3)."""
+    r = _Rand(2)
     params = {
-        "wq": _normal(k[0], (D, D), D ** -0.5), "wk": _normal(k[1], (D, D), D ** -0.5),
-        "wv": _normal(k[2], (D, D), D ** -0.5), "wo": _normal(k[3], (D, D), D ** -0.5),
-        "head": _normal(k[4], (D, 3), D ** -0.5), "bias": _normal(k[5], (3,), 0.1),
+        "wq": r((D, D), D ** -0.5), "wk": r((D, D), D ** -0.5),
+        "wv": r((D, D), D ** -0.5),
+        "head": r((D, 3), D ** -0.5), "bias": r((3,), 0.1),
     }
-    dh = D // HEADS
 
     def f(p, x):
-        n = x.shape[0]
-        split = lambda a: a.reshape(n, T, HEADS, dh)
-        q, k_, v = split(x @ p["wq"]), split(x @ p["wk"]), split(x @ p["wv"])
-        logits = jnp.einsum("nthd,nshd->nhts", q, k_) / np.sqrt(dh)
-        att = jax.nn.softmax(logits, axis=-1)
-        h = jnp.einsum("nhts,nshd->nthd", att, v).reshape(n, T, D)
-        h = x + h @ p["wo"]
+        q, k_, v = x @ p["wq"], x @ p["wk"], x @ p["wv"]
+        att = jax.nn.softmax(jnp.einsum("ntd,nsd->nts", q, k_) / np.sqrt(D), axis=-1)
+        h = x + jnp.einsum("nts,nsd->ntd", att, v)
         return jnp.tanh(h) @ p["head"] + p["bias"][None, None, :]
 
-    return (f, params) + _inputs(102, (T, D))
+    return (f, params) + r.inputs((T, D))
 
 
 @functools.cache
 def weight_sharing():
     """One matrix W used three times: two layers of equal width, then a slice of it as the head."""
-    k = _keys(3, 2)
-    params = {"w": _normal(k[0], (6, 6), 0.4), "b": _normal(k[1], (6,), 0.1)}
+    r = _Rand(3)
+    params = {"w": r((6, 6), 0.4), "b": r((6,), 0.1)}
 
     def f(p, x):
         h = jnp.tanh(x @ p["w"] + _row(p["b"]))
         h = jnp.tanh(h @ p["w"])
         return h @ p["w"][:, :3]
 
-    return (f, params) + _inputs(103, (6,))
+    return (f, params) + r.inputs((6,))
 
 
 @functools.cache
 def pytree_output():
     """Returns a dict of two leaves of different ranks: (N, 3) and (N, 2, 2)."""
-    k = _keys(4, 4)
+    r = _Rand(4)
     params = {
-        "w": _normal(k[0], (4, 6), 0.5), "b": _normal(k[1], (6,), 0.1),
-        "u": _normal(k[2], (6, 3), 0.4), "v": _normal(k[3], (6, 4), 0.4),
+        "w": r((4, 6), 0.5), "b": r((6,), 0.1),
+        "u": r((6, 3), 0.4), "v": r((6, 4), 0.4),
     }
 
     def f(p, x):
         h = jnp.tanh(x @ p["w"] + _row(p["b"]))
         return {"logits": h @ p["u"], "grid": (h @ p["v"]).reshape(x.shape[0], 2, 2)}
 
-    return (f, params) + _inputs(104, (4,))
+    return (f, params) + r.inputs((4,))
 
 
 @functools.cache
 def nested_params():
     """Params as a dict holding a list of layer tuples and a nested dict."""
-    k = _keys(5, 6)
+    r = _Rand(5)
     params = {
         "layers": [
-            (_normal(k[0], (4, 5), 0.5), _normal(k[1], (5,), 0.1)),
-            (_normal(k[2], (5, 5), 0.4), _normal(k[3], (5,), 0.1)),
+            (r((4, 5), 0.5), r((5,), 0.1)),
+            (r((5, 5), 0.4), r((5,), 0.1)),
         ],
-        "head": {"w": [_normal(k[4], (5, 3), 0.4)], "b": (_normal(k[5], (3,), 0.1),)},
+        "head": {"w": [r((5, 3), 0.4)], "b": (r((3,), 0.1),)},
     }
 
     def f(p, x):
@@ -173,7 +189,7 @@ def nested_params():
             h = jnp.sin(h @ w + _row(b))
         return h @ p["head"]["w"][0] + _row(p["head"]["b"][0])
 
-    return (f, params) + _inputs(105, (4,))
+    return (f, params) + r.inputs((4,))
 
 
 # ----------------------------------------------------------------------------- with kwargs
@@ -184,7 +200,7 @@ def mlp_kwargs():
     """MLP with keyword arguments: ``scale`` (a static float), ``train`` (a static bool) and
     ``rng`` (a key for a dropout-like feature mask of shape (8,), independent of the batch size,
     so that the same key gives the same mask per example and per batch). (N, 4) -> (N, 3)."""
-    f0, params, x1, x2 = mlp()
+    _, params, x1, x2 = mlp()
 
     def f(p, x, scale=1.0, train=False, rng=None):
         h = jnp.tanh(x @ p["w1"] + _row(p["b1"]))
@@ -206,10 +222,10 @@ def pytree_input():
 
     Its vmap triple is ``({'a': 0, 'b': 1}, (0, 1), {'w': 0})``.
     """
-    k = _keys(6, 8)
+    r = _Rand(6)
     params = {
-        "wa": _normal(k[0], (4, 6), 0.5), "wb": _normal(k[1], (5, 6), 0.4),
-        "u": _normal(k[2], (6, 3), 0.4), "v": _normal(k[3], (2, 6), 0.4),
+        "wa": r((4, 6), 0.5), "wb": r((5, 6), 0.4),
+        "u": r((6, 3), 0.4), "v": r((2, 6), 0.4),
     }
 
     def f(p, x, w=None):
@@ -218,11 +234,10 @@ def pytree_input():
             h = h * w[:, None]
         return h @ p["u"], p["v"] @ h.T  # (N, 3), (2, N)
 
-    def inputs(key, n):
-        ka, kb = jax.random.split(key)
-        return {"a": _normal(ka, (n, 4)), "b": _normal(kb, (5, n))}
+    def inputs(n):
+        return {"a": r((n, 4)), "b": r((5, n))}
 
-    return f, params, inputs(k[4], N1), inputs(k[5], N2)
+    return f, params, inputs(N1), inputs(N2)
 
 
 PYTREE_INPUT_VMAP_AXES = ({"a": 0, "b": 1}, (0, 1), {"w": 0})
@@ -251,8 +266,10 @@ def flax_linen():
             return nn.Dense(3, param_dtype=F64, dtype=F64)(x)
 
     model = Net()
-    x1, x2 = _inputs(107, (8, 8, 2))
-    params = _to64(model.init(jax.random.PRNGKey(7), x1))
+    r = _Rand(7)
+    x1, x2 = r.inputs((8, 8, 2))
+    # Shapes from the library's init (traced, not run), values from the shared draw.
+    params = r.fill(jax.eval_shape(model.init, jax.random.PRNGKey(7), x1))
 
     def f(p, x):
         return model.apply(p, x)
@@ -273,8 +290,10 @@ def flax_nnx():
         def __call__(self, x):
             return self.l2(jnp.tanh(self.l1(x)))
 
-    graphdef, params = nnx.split(Net(nnx.Rngs(8)), nnx.Param)
-    x1, x2 = _inputs(108, (4,))
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Net(nnx.Rngs(8))), nnx.Param)
+    r = _Rand(8)
+    params = r.fill(abstract)
+    x1, x2 = r.inputs((4,))
 
     def f(p, x):
         return nnx.merge(graphdef, p)(x)
@@ -287,11 +306,12 @@ def equinox_mlp():
     """Equinox MLP applied per example with vmap; params/static from ``eqx.partition``."""
     import equinox as eqx
 
-    net = eqx.nn.MLP(4, 3, width_size=8, depth=2, activation=jnp.tanh,
-                     key=jax.random.PRNGKey(9))
-    net = _to64(net)
+    abstract = eqx.filter_eval_shape(eqx.nn.MLP, 4, 3, width_size=8, depth=2,
+                                     activation=jnp.tanh, key=jax.random.PRNGKey(9))
+    r = _Rand(9)
+    net = r.fill(abstract)
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    x1, x2 = _inputs(109, (4,))
+    x1, x2 = r.inputs((4,))
 
     def f(p, x):
         return jax.vmap(eqx.combine(p, static))(x)
@@ -310,8 +330,9 @@ def haiku_cnn():
         return hk.Linear(3)(jnp.tanh(hk.Linear(6)(h)))
 
     net = hk.transform(forward)
-    x1, x2 = _inputs(110, (8, 8, 2))
-    params = _to64(net.init(jax.random.PRNGKey(10), x1))
+    r = _Rand(10)
+    x1, x2 = r.inputs((8, 8, 2))
+    params = r.fill(jax.eval_shape(net.init, jax.random.PRNGKey(10), x1))
 
     def f(p, x):
         return net.apply(p, None, x)
