@@ -6,6 +6,7 @@ jitted program per signature, cached.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from typing import Any, Callable
@@ -72,25 +73,48 @@ def check_params(params) -> None:
             )
 
 
-def split_kwargs(kwargs: dict, x2_is_x1: bool):
-    """neural-tangents' rule: ``rng`` is split for x1 and x2 (one key when x2 is None), a tuple
-    of two gives one item to each side, everything else goes to both."""
-    kwargs1, kwargs2 = {}, {}
+def split_kwargs(kwargs: dict, x2_is_none: bool):
+    """neural-tangents' ``split_kwargs``: a tuple of two gives one item to each side, everything
+    else goes to both; ``rng`` with an ``x2`` is resolved inside jit by :func:`read_keys`.
+
+    Returns ``(kwargs1, kwargs2, differ)``; ``differ`` is True when the sides got different items.
+    """
+    kwargs1, kwargs2, differ = {}, {}, False
     for k, v in kwargs.items():
-        if k == "rng":
-            kwargs1[k] = kwargs2[k] = v  # split inside jit, see _split_rng
+        if k == "rng" and not x2_is_none and not (isinstance(v, tuple) and len(v) == 2):
+            kwargs1[k] = kwargs2[k] = v
         elif isinstance(v, tuple) and len(v) == 2:
             kwargs1[k], kwargs2[k] = v
+            differ = True
         else:
             kwargs1[k] = kwargs2[k] = v
-    return kwargs1, kwargs2
+    return kwargs1, kwargs2, differ
 
 
-def _split_rng(kwargs1, kwargs2, x2_is_x1):
-    if "rng" not in kwargs1 or kwargs1["rng"] is None:
-        return kwargs1, kwargs2
-    key1, key2 = jax.random.split(kwargs1["rng"])
-    return {**kwargs1, "rng": key1}, {**kwargs2, "rng": key1 if x2_is_x1 else key2}
+def _inputs_equal(x1, x2, eps=1e-12):
+    """neural-tangents' ``x1_is_x2``: same shapes and values within ``eps``, as a traced bool."""
+    l1, l2 = jax.tree.leaves(x1), jax.tree.leaves(x2)
+    if len(l1) != len(l2) or any(jnp.shape(a) != jnp.shape(b) for a, b in zip(l1, l2)):
+        return jnp.asarray(False)
+    same = [
+        jnp.all(jnp.abs(a - b) < eps) if jnp.issubdtype(a.dtype, jnp.inexact) else jnp.all(a == b)
+        for a, b in zip(l1, l2)
+    ]
+    return jnp.all(jnp.stack(same)) if same else jnp.asarray(True)
+
+
+def read_keys(key1, key2, pair: bool, x1, x2):
+    """neural-tangents' ``_read_keys``: two keys such that ``(x1 == x2) == (key1 == key2)``.
+
+    A single key (``pair=False``, ``key1 is key2``) gives ``key1`` for x1 and
+    ``fold_in(key1, 1)`` for x2 unless the inputs are equal; a pair is kept, with ``key2``
+    replaced so that the rule holds.
+    """
+    same = _inputs_equal(x1, x2)
+    if pair:
+        new = jnp.where(jnp.all(key1 == key2), jax.random.fold_in(key2, 1), key2)
+        return key1, jnp.where(same, key1, new)
+    return key1, jnp.where(same, key1, jax.random.fold_in(key1, 1))
 
 
 def _output_shapes(f, params, x, kwargs, name):
@@ -260,7 +284,9 @@ def _signature(tree):
 def _compute(f, x1, x2, params, dyn1, dyn2, config: Config):
     kwargs1 = merge_kwargs(config.static_kwargs1, dyn1)
     kwargs2 = merge_kwargs(config.static_kwargs2, dyn2)
-    kwargs1, kwargs2 = _split_rng(kwargs1, kwargs2, config.x2_is_x1)
+    if config.read_rng and kwargs1.get("rng") is not None:
+        key1, key2 = read_keys(kwargs1["rng"], kwargs2["rng"], config.read_rng == "pair", x1, x2)
+        kwargs1, kwargs2 = {**kwargs1, "rng": key1}, {**kwargs2, "rng": key2}
     prob = Problem(f, x1, x1 if config.x2_is_x1 else x2, params, kwargs1, kwargs2, config)
     leaves = _KERNELS[config.method](prob)
     return jax.tree_util.tree_unflatten(config.out_treedef, leaves)
@@ -354,13 +380,20 @@ def ntk_fn(
     def kernel_fn(x1, x2, params, **kwargs):
         if x1 is None:
             raise ValueError("x1 is None; pass the inputs as x1 (x2=None means x2 = x1)")
-        kwargs1, kwargs2 = split_kwargs(kwargs, x2 is None)
+        read_rng = None
+        if x2 is not None and "rng" in kwargs:
+            pair = isinstance(kwargs["rng"], tuple) and len(kwargs["rng"]) == 2
+            read_rng = "pair" if pair else "key"
+        kwargs1, kwargs2, differ = split_kwargs(kwargs, x2 is None)
+        if x2 is None and differ:  # the two sides differ by their keyword arguments
+            x2 = x1
         dyn1, static1 = split_static(kwargs1, "kwargs")
         dyn2, static2 = split_static(kwargs2, "kwargs")
-        key = (_signature((x1, x2, params, dyn1, dyn2)), static1, static2)
+        key = (_signature((x1, x2, params, dyn1, dyn2)), static1, static2, read_rng)
         config = configs.get(key)
         if config is None:
-            config = configs[key] = resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
+            config = resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
+            config = configs[key] = dataclasses.replace(config, read_rng=read_rng)
         return jitted(x1, x2, params, dyn1, dyn2, config=config)
 
     kernel_fn.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."

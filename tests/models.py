@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # "structured" joins this list when that method lands.
-METHODS_UNDER_TEST = ["jacobian", "ntvp", "auto"]
+METHODS_UNDER_TEST = ["jacobian", "ntvp", "structured", "auto"]
 
 N1, N2 = 3, 2
 F64 = jnp.float64

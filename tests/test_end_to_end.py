@@ -327,33 +327,52 @@ def test_static_kwargs_are_part_of_the_cache_key():
 def _rng_cases():
     yield "jacobian", None, "none", "raw"
     yield "jacobian", 0, "diff", "raw"
+    yield "jacobian", 0, "equal", "raw"
     yield "ntvp", None, "diff", "raw"
     yield "ntvp", 0, "none", "raw"
     yield "ntvp", None, "diff", "typed"  # a new-style key, jax.random.key
+    yield "ntvp", None, "equal", "typed"
     for method in METHODS_UNDER_TEST:
         if method not in ("jacobian", "ntvp"):
             yield method, None, "diff", "raw"
+            yield method, 0, "equal", "raw"
 
 
 @pytest.mark.parametrize("method,vmap,mode,key_kind", [
     pytest.param(*c, marks=[pytest.mark.quick] if c == ("ntvp", None, "diff", "raw") else [])
     for c in _rng_cases()
 ])
-def test_rng_is_split(method, vmap, mode, key_kind):
-    """``rng`` becomes ``jax.random.split(rng) = (key1, key2)``: key1 for x1, key2 for x2, and
-    key1 on both sides when x2 is None. The mask depends on the key only (not the batch size),
-    so the rule also holds with vmap_axes."""
+def test_rng_follows_neural_tangents(method, vmap, mode, key_kind):
+    """neural-tangents' ``split_kwargs``/``_read_keys``: with x2 None both sides get ``rng``
+    itself; with an x2 of other values, x1 gets ``rng`` and x2 gets ``fold_in(rng, 1)``; with an
+    x2 equal to x1, both get ``rng``. The mask depends on the key only (not the batch size), so
+    the rule also holds with vmap_axes."""
     f, params, x1, x2 = models.mlp_kwargs()
-    x2 = pick_x2(x1, x2, mode)
+    x2 = {"none": None, "diff": x2, "equal": x1 + 0.0}[mode]
     rng = jax.random.PRNGKey(42) if key_kind == "raw" else jax.random.key(42)
-    key1, key2 = jax.random.split(rng)
+    key2 = jax.random.fold_in(rng, 1) if mode == "diff" else rng
     got = ntkc.ntk_fn(f, vmap_axes=vmap, method=method)(x1, x2, params, rng=rng, scale=1.5)
     want = two_sided_reference(f, x1, x2, params, (-1,), (),
-                               {"rng": key1, "scale": 1.5}, {"rng": key2, "scale": 1.5})
+                               {"rng": rng, "scale": 1.5}, {"rng": key2, "scale": 1.5})
     assert_tree_close(got, want)
-    # Not vacuous: the unsplit key gives another kernel.
-    other = reference_ntk(f, x1, x2, params, rng=rng, scale=1.5)
-    assert not np.allclose(other, want, rtol=1e-3)
+    if mode == "diff":  # not vacuous: the same key on both sides gives another kernel
+        other = reference_ntk(f, x1, x2, params, rng=rng, scale=1.5)
+        assert not np.allclose(other, want, rtol=1e-3)
+
+
+@pytest.mark.quick
+def test_rng_pair_and_tuple_kwargs():
+    """A pair of keys goes one to each side; with x2 None a tuple of two kwargs still gives one
+    item to each side (x2 = x1 then), for every method alike."""
+    f, params, x1, x2 = models.mlp_kwargs()
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    for method in ("jacobian", "ntvp"):
+        got = ntkc.ntk_fn(f, method=method)(x1, x2, params, rng=(k1, k2))
+        assert_tree_close(got, two_sided_reference(f, x1, x2, params, (-1,), (),
+                                                   {"rng": k1}, {"rng": k2}))
+        got = ntkc.ntk_fn(f, method=method)(x1, None, params, scale=(1.0, 2.0))
+        assert_tree_close(got, two_sided_reference(f, x1, x1 + 0.0, params, (-1,), (),
+                                                   {"scale": 1.0}, {"scale": 2.0}))
 
 
 # ----------------------------------------------------------------------------- edge cases
@@ -388,13 +407,12 @@ def test_batch_axis_not_first(method, vmap, mode):
 
 # ----------------------------------------------------------------------------- empirical_ntk_fn
 
-# implementation=3 (STRUCTURED_DERIVATIVES) maps to method "structured", which is not available
-# yet (NotImplementedError); add it here, and "structured" to models.METHODS_UNDER_TEST, when it is.
 IMPLEMENTATIONS = [
     (0, "auto"), (1, "jacobian"), (2, "ntvp"),
     (ntkc.NtkImplementation.AUTO, "auto"),
     (ntkc.NtkImplementation.JACOBIAN_CONTRACTION, "jacobian"),
     (ntkc.NtkImplementation.NTK_VECTOR_PRODUCTS, "ntvp"),
+    (3, "structured"), (ntkc.NtkImplementation.STRUCTURED_DERIVATIVES, "structured"),
 ]
 
 
