@@ -1,8 +1,25 @@
 """ntkc: the finite-width empirical Neural Tangent Kernel of any JAX function, compiled."""
 
-from ntkc._api import METHODS, NtkImplementation, empirical_ntk_fn, ntk_fn
+from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
+from ntkc.ir import Plan, Term
+from ntkc.passes.cost import Cost
+from ntkc.passes.path import PathMemoryError
 from ntkc import testing
+from ntkc.passes.emit import UnsupportedPrimitiveError
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "NtkImplementation", "empirical_ntk_fn", "ntk_fn", "testing"]
+__all__ = [
+    "METHODS",
+    "Cost",
+    "KernelFunction",
+    "NtkImplementation",
+    "PathMemoryError",
+    "Plan",
+    "Term",
+    "UnsupportedPrimitiveError",
+    "empirical_ntk_fn",
+    "ntk_fn",
+    "plan",
+    "testing",
+]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import warnings
 import functools
 from typing import Any, Callable
 
@@ -17,7 +19,10 @@ import numpy as np
 
 from ntkc._axes import make_kernel_axes
 from ntkc._problem import Batching, Config, Problem, merge_kwargs, split_static
-from ntkc import pipeline
+from ntkc import _plan, pipeline
+from ntkc.ir import Plan
+from ntkc.passes.cost import Cost
+from ntkc.passes.path import PathMemoryError
 from ntkc.methods import estimate, jacobian, ntvp
 
 METHODS = ("auto", "structured", "jacobian", "ntvp")
@@ -299,7 +304,8 @@ def ntk_fn(
     vmap_axes=None,
     method: str = "auto",
     strict: bool = False,
-) -> Callable:
+    memory_limit: int | None = None,
+) -> "KernelFunction":
     """Returns ``kernel_fn(x1, x2, params, **kwargs)``, the empirical NTK of ``f(params, x)``.
 
     Args:
@@ -312,6 +318,8 @@ def ntk_fn(
         interact, so that Jacobians are computed per example.
       method: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"``.
       strict: raise instead of falling back to a dense rule for a primitive with no rule.
+      memory_limit: bytes that no contraction step of the structured method may exceed; the
+        planner picks contraction orders that fit, or raises ``PathMemoryError``.
 
     Returns:
       ``kernel_fn(x1, x2, params, **kwargs)``; ``x2=None`` means ``x1``. For an output leaf of
@@ -326,13 +334,32 @@ def ntk_fn(
       >>> ntkc.ntk_fn(f, method="jacobian")(jnp.ones((4, 3)), None, params).shape
       (4, 4)
     """
-    check_method(method)
-    if not callable(f):
-        raise TypeError(f"f must be callable, got {f!r}")
-    jitted = jax.jit(functools.partial(_compute, f), static_argnames=("config",))
-    configs: dict[Any, Config] = {}
+    return KernelFunction(f, trace_axes, diagonal_axes, vmap_axes, method, strict, memory_limit)
 
-    def resolve(x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
+
+class KernelFunction:
+    """The kernel function returned by :func:`ntk_fn`: ``kernel_fn(x1, x2, params, **kwargs)``.
+
+    Checks its arguments once per input signature (outside ``jit``) and runs one jitted program
+    per signature.
+    """
+
+    def __init__(self, f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, method="auto",
+                 strict=False, memory_limit=None):
+        check_method(method)
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {f!r}")
+        if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit <= 0):
+            raise ValueError(f"memory_limit must be a positive int (bytes) or None, got {memory_limit!r}")
+        self.f = f
+        self.trace_axes, self.diagonal_axes, self.vmap_axes = trace_axes, diagonal_axes, vmap_axes
+        self.method, self.strict, self.memory_limit = method, strict, memory_limit
+        self._jitted = jax.jit(functools.partial(_compute, f), static_argnames=("config",))
+        self._configs: dict[Any, Config] = {}
+        self.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
+
+    def _resolve(self, x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
+        f, method = self.f, self.method
         check_params(params)
         x2_is_x1 = x2 is None
         if not x2_is_x1 and jax.tree.structure(x1) != jax.tree.structure(x2):
@@ -346,11 +373,11 @@ def ntk_fn(
         if jax.tree.structure(out2) != treedef:
             raise ValueError("f(params, x1) and f(params, x2) return different output structures")
         axes = tuple(
-            make_kernel_axes(o1.shape, o2.shape, trace_axes, diagonal_axes, "output")
+            make_kernel_axes(o1.shape, o2.shape, self.trace_axes, self.diagonal_axes, "output")
             for o1, o2 in zip(jax.tree.leaves(out1), jax.tree.leaves(out2))
         )
         batching = resolve_batching(
-            vmap_axes, x1, x1 if x2_is_x1 else x2, kwargs1, kwargs2, out1, out2
+            self.vmap_axes, x1, x1 if x2_is_x1 else x2, kwargs1, kwargs2, out1, out2
         )
         if batching is not None:
             _check_example_outputs(f, params, x1, kwargs1, batching, out1)
@@ -364,20 +391,19 @@ def ntk_fn(
                     )
         config = Config(
             method=method, axes=axes, out_treedef=treedef, batching=batching,
-            x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2, strict=strict,
+            x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2,
+            strict=self.strict, memory_limit=self.memory_limit,
         )
         if method == "auto":
-            flops1 = estimate.jaxpr_flops(jax.make_jaxpr(lambda p: f(p, x1, **kwargs1))(params))
-            flops2 = flops1 if x2_is_x1 else estimate.jaxpr_flops(
-                jax.make_jaxpr(lambda p: f(p, x2, **kwargs2))(params))
-            costs = estimate.method_costs(config, flops1, flops2, estimate.count_params(params))
-            best = min(costs, key=costs.get)
-            config = Config(**{**config.__dict__, "method": best})
-        if config.method not in _KERNELS:
-            raise NotImplementedError(f"method={config.method!r} is not available yet")
+            args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
+                    split_static(kwargs2, "kwargs")[0])
+            config = dataclasses.replace(config, method=_auto_method(
+                f, config, params, x1, x2, kwargs1, kwargs2, args))
         return config
 
-    def kernel_fn(x1, x2, params, **kwargs):
+    def prepare(self, x1, x2, params, **kwargs):
+        """Checks the arguments; returns ``(config, args)`` such that
+        ``_compute(f, *args, config=config)`` is the kernel."""
         if x1 is None:
             raise ValueError("x1 is None; pass the inputs as x1 (x2=None means x2 = x1)")
         read_rng = None
@@ -390,14 +416,89 @@ def ntk_fn(
         dyn1, static1 = split_static(kwargs1, "kwargs")
         dyn2, static2 = split_static(kwargs2, "kwargs")
         key = (_signature((x1, x2, params, dyn1, dyn2)), static1, static2, read_rng)
-        config = configs.get(key)
+        config = self._configs.get(key)
         if config is None:
-            config = resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
-            config = configs[key] = dataclasses.replace(config, read_rng=read_rng)
-        return jitted(x1, x2, params, dyn1, dyn2, config=config)
+            config = self._resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
+            config = self._configs[key] = dataclasses.replace(config, read_rng=read_rng)
+        return config, (x1, x2, params, dyn1, dyn2)
 
-    kernel_fn.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
-    return kernel_fn
+    def __call__(self, x1, x2, params, **kwargs):
+        config, args = self.prepare(x1, x2, params, **kwargs)
+        return self._jitted(*args, config=config)
+
+
+def _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2):
+    flops1 = estimate.jaxpr_flops(jax.make_jaxpr(lambda p: f(p, x1, **kwargs1))(params))
+    flops2 = flops1 if config.x2_is_x1 else estimate.jaxpr_flops(
+        jax.make_jaxpr(lambda p: f(p, x2, **kwargs2))(params))
+    return flops1, flops2
+
+
+def _cotangent_cost(config, flops1, flops2) -> Cost:
+    """The cotangent passes of the structured method: one reverse pass (about 2 forward passes)
+    per output basis vector of one example, for every example."""
+    total = 0.0
+    for axes in config.axes:
+        per_example = math.prod(axes.shape1) // (config.batching.size1 if config.batching else 1)
+        total += 2 * per_example * (flops1 + (0 if config.x2_is_x1 else flops2))
+    return Cost(flops=total)
+
+
+def _auto_method(f, config, params, x1, x2, kwargs1, kwargs2, args) -> str:
+    """``method="auto"``: the cheapest of structured (its plan's cost: every term in its chosen
+    order, which may be the Jacobian order) and the jacobian and ntvp estimates."""
+    flops1, flops2 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2)
+    costs = estimate.method_costs(config, flops1, flops2, estimate.count_params(params))
+    structured = dataclasses.replace(config, method="structured")
+    try:
+        records = _plan.record(functools.partial(_compute, f, config=structured), args)
+    except PathMemoryError:
+        raise
+    except Exception as err:  # auto stays usable; the structured method reports its own errors
+        warnings.warn(f"ntkc: method='auto' could not plan the structured method ({err}); "
+                      "choosing between jacobian and ntvp", stacklevel=3)
+    else:
+        terms = sum((r["path"].cost for r in records if r.get("kind") == "term"), Cost())
+        costs["structured"] = (terms + _cotangent_cost(config, flops1, flops2)).flops
+    return min(costs, key=costs.get)
+
+
+def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
+         method: str = "auto", strict: bool = False, memory_limit: int | None = None,
+         kwargs: dict | None = None) -> Plan:
+    """The structured program for these inputs, before emission: a :class:`ntkc.ir.Plan`.
+
+    Traces abstractly (no compilation). Arguments are those of :func:`ntk_fn` and of its kernel
+    function; ``kwargs`` are ``f``'s keyword arguments. ``plan.method`` is the method the kernel
+    function would use (``method="auto"`` resolved); the terms are always the structured ones.
+
+    Example:
+      >>> import jax.numpy as jnp, ntkc
+      >>> f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+      >>> params = {"w": jnp.ones((3, 8)), "v": jnp.ones((8, 2))}
+      >>> p = ntkc.plan(f, jnp.ones((4, 3)), None, params, vmap_axes=0)
+      >>> [t.leaf for t in p.terms]
+      ["['v']", "['w']"]
+    """
+    kwargs = dict(kwargs or {})
+    options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes,
+                   strict=strict, memory_limit=memory_limit)
+    structured = KernelFunction(f, method="structured", **options)
+    config, args = structured.prepare(x1, x2, params, **kwargs)
+    resolved = method
+    if method != "structured":
+        resolved = KernelFunction(f, method=method, **options).prepare(x1, x2, params, **kwargs)[0].method
+    records = _plan.record(functools.partial(_compute, f, config=config), args)
+    kwargs1 = merge_kwargs(config.static_kwargs1, args[3])
+    kwargs2 = merge_kwargs(config.static_kwargs2, args[4])
+    flops1, flops2 = _forward_flops(f, config, params, x1, x1 if x2 is None else x2, kwargs1, kwargs2)
+    outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
+    output_names = [jax.tree_util.keystr(p) or "output"
+                    for p, _ in jax.tree_util.tree_flatten_with_path(outputs)[0]]
+    leaf_names = [jax.tree_util.keystr(p) or "params"
+                  for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return _plan.build_plan(records, _cotangent_cost(config, flops1, flops2), resolved,
+                            [a.kernel_shape for a in config.axes], output_names, leaf_names)
 
 
 def empirical_ntk_fn(

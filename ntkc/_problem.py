@@ -45,6 +45,7 @@ class Config:
     static_kwargs1: Any  # (treedef, tuple of (position, value)) of non-array kwargs
     static_kwargs2: Any
     strict: bool = False
+    memory_limit: int | None = None
     read_rng: str | None = None  # "key" or "pair": derive x2's key (see _api.read_keys)
 
 

@@ -169,6 +169,9 @@ def demo(n: int = 8, seed: int = 0, size: int = 32, out=None) -> int:
                 continue
             dev = float(np.max(np.abs(np.asarray(theta, np.float64) - reference)))
             print_(f"{method:<12}{compile_s:>11.3f}{run_s:>11.4f}{dev:>12.3g}{dev / scale:>11.2g}")
+        print_()
+        print_("The structured program (ntkc.plan): one contraction per pair of parameter uses")
+        print_(ntkc.plan(f, x, None, params, **options))
         return status
     finally:
         jax.config.update("jax_enable_x64", x64)

@@ -106,3 +106,76 @@ class Form:
 def identity_form(ndim: int, structure: str = "identity") -> Form:
     labels = tuple(range(ndim))
     return Form(labels, labels, (), structure)
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One contraction of the NTK: a pair of uses of one parameter leaf for one output leaf.
+
+    Attributes:
+      output: which output leaf (its pytree path).
+      leaf: which parameter leaf (its pytree path).
+      primitives: the primitives of the two uses (x1's, x2's).
+      structure: the two rules' structure summaries.
+      method: "structured" (the sides meet before the parameter axes are summed), "jacobian"
+        (each side contracted to its per-leaf Jacobian first: the order the cost model chose),
+        or "dense" (a use fell back to the dense rule).
+      einsum: the network in einsum notation.
+      order: the chosen contraction path (opt_einsum's linear format).
+      cost: the chosen order's cost; ``naive`` one step over every label.
+    """
+
+    output: str
+    leaf: str
+    primitives: tuple
+    structure: tuple
+    method: str
+    einsum: str
+    order: tuple
+    cost: Any
+    naive: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What ``method="structured"`` will run for given inputs, before emission.
+
+    Attributes:
+      terms: one :class:`Term` per contraction.
+      cotangents: estimated cost of the cotangent passes (∂f/∂y of every use, per output basis).
+      method: the method the kernel function uses for these inputs.
+      kernel_shapes: shapes of the kernels, one per output leaf.
+      records: the raw contraction records (labels, sizes, paths), for tools.
+    """
+
+    terms: tuple
+    cotangents: Any
+    method: str
+    kernel_shapes: tuple
+    records: tuple = dataclasses.field(default=(), repr=False, compare=False)
+
+    @property
+    def cost(self):
+        """Total estimated cost: cotangent passes plus every term."""
+        total = self.cotangents
+        for t in self.terms:
+            total = total + t.cost
+        return total
+
+    @property
+    def graph(self):
+        """The rewritten graph as a ``networkx.DiGraph`` (see ``ntkc._plan.plan_graph``)."""
+        from ntkc._plan import plan_graph
+
+        return plan_graph(self)
+
+    def to_dot(self) -> str:
+        """Graphviz text of :attr:`graph`."""
+        from ntkc._plan import to_dot
+
+        return to_dot(self.graph)
+
+    def __repr__(self) -> str:
+        from ntkc._plan import format_plan
+
+        return format_plan(self)

@@ -77,5 +77,6 @@ def kernel(prob: Problem) -> list:
     out = []
     for k, axes in enumerate(prob.axes):
         batch_axis = prob.batching.outputs[k] if prob.batching is not None else None
-        out.append(output_kernel(k, axes, batch_axis, n_params, side1, side2))
+        out.append(output_kernel(k, axes, batch_axis, n_params, side1, side2,
+                                 prob.config.memory_limit))
     return out

@@ -370,23 +370,7 @@ def test_impossible_memory_limit_raises(method, limit):
     assert issubclass(PathMemoryError, ValueError)
 
 
-# BUG: the opt_einsum-* wrappers do not honour memory_limit as ``optimize`` documents it (bytes
-# no single step may exceed, else PathMemoryError): they pass memory_limit // itemsize to
-# opt_einsum, which bounds only the intermediate, and on an impossible limit opt_einsum either
-# raises its own RuntimeError ("dp") or falls back to one step over every operand, which the
-# wrapper folds into pairs that exceed the limit ("branch-2", "random-greedy").
-_OE_MEMORY_BUG = pytest.mark.xfail(
-    reason="BUG: opt_einsum-* optimisers ignore ntkc's memory_limit contract", strict=False
-)
-
-
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(name, marks=_OE_MEMORY_BUG) if name.startswith("opt_einsum-") else name
-        for name in sorted(OPTIMIZERS)
-    ],
-)
+@pytest.mark.parametrize("method", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("limit", [56 * 8, 8])
 def test_every_optimizer_honours_memory_limit(method, limit):
     """Each optimiser either keeps every step within the limit or raises PathMemoryError."""
@@ -394,7 +378,8 @@ def test_every_optimizer_honours_memory_limit(method, limit):
         info = optimize(CHAIN, ("a", "d"), CHAIN_SIZES, method, memory_limit=limit, itemsize=8)
     except PathMemoryError as e:
         assert "memory_limit" in str(e)
-        assert limit < 56 * 8 or method == "greedy"  # only greedy may miss a feasible order
+        # Only the exhaustive search must find a feasible order; heuristics may miss one.
+        assert limit < 56 * 8 or method != "optimal"
         return
     assert info.cost.peak <= limit
     assert all(c.peak <= limit for *_, c in info.steps)

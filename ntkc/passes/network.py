@@ -26,14 +26,18 @@ _SHARED = 1_000_000
 RECORD: list | None = None
 
 
-def contract(ops, out, **note) -> jnp.ndarray:
-    """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path``."""
+def contract(ops, out, memory_limit=None, **note) -> jnp.ndarray:
+    """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path``.
+
+    ``note`` (what the contraction is, for plans) is recorded with the chosen path when
+    :data:`RECORD` is a list.
+    """
     labels = [list(l) for l in ops[1::2]]
     sizes = {}
     for arr, ls in zip(ops[0::2], labels):
         sizes.update(zip(ls, arr.shape))
     itemsize = max(jnp.dtype(a.dtype).itemsize for a in ops[0::2])
-    info = optimize(labels, list(out), sizes, itemsize=itemsize)
+    info = optimize(labels, list(out), sizes, itemsize=itemsize, memory_limit=memory_limit)
     if RECORD is not None:
         RECORD.append(dict(note, labels=labels, output=list(out), sizes=sizes, path=info))
     return jnp.einsum(*ops, list(out), optimize=list(info.path) or [(0,)])
@@ -142,11 +146,11 @@ def _multiplicity(spec, p_shape, present) -> int:
     )
 
 
-def _einsum_to(ops, labels, shapes_by_label):
+def _einsum_to(ops, labels, shapes_by_label, memory_limit=None):
     """einsum to ``labels``, broadcasting any label that no operand carries."""
     present = _present(ops)
     kept = [l for l in labels if l in present]
-    out = contract(ops, kept, kind="gradient")
+    out = contract(ops, kept, memory_limit, kind="gradient")
     for i, l in enumerate(labels):
         if l not in present:
             out = jnp.expand_dims(out, i)
@@ -179,7 +183,8 @@ def _use_aval(analysis: Analysis, u):
     return jaxpr.eqns[use.eqn_index].invars[use.operand].aval
 
 
-def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side, s2: Side):
+def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side, s2: Side,
+                  memory_limit=None):
     """The kernel of output leaf ``k``: Σ over leaves and pairs of uses, traced and laid out."""
     out = _kernel_labels(axes)
     floating = [c for c in jax.tree.leaves(s1.cotangents[k]) if _is_float(c)]
@@ -204,16 +209,23 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
                     ops2, _ = _side_operands(s2, k, u2, v2, axes, batch_axis, 2, lab.side(spec2), idx2)
                     present = _present(ops1 + ops2) | {l for _, ls, _ in idx1 + idx2 for l in ls}
                     ops = ops1 + ops2 + _index_operands(idx1, idx2, ops1[0].dtype)
+                    sides = [1] * (len(ops1) // 2) + [2] * (len(ops2) // 2)
+                    sides += [0] * ((len(ops) - len(ops1) - len(ops2)) // 2)
                     note = dict(kind="term", output_leaf=k, param_leaf=leaf, uses=(u1, u2),
+                                outputs=(v1, v2), sides=sides,
+                                primitives=(s1.analysis.uses[u1].primitive,
+                                            s2.analysis.uses[u2].primitive),
                                 structure=(spec1[3], spec2[3]))
-                    term = contract(ops, out, **note) * _multiplicity(spec1, p1.shape, present)
+                    term = contract(ops, out, memory_limit, **note)
+                    term = term * _multiplicity(spec1, p1.shape, present)
                 else:
-                    term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out)
+                    term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out,
+                                          memory_limit, leaf)
                 total = total + term.astype(total.dtype)
     return total / axes.trace_size
 
 
-def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out):
+def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out, memory_limit, leaf):
     """Different chains to the same leaf: gradients in θ-space, then their inner product."""
     grads = []
     for side, u, v, no in ((s1, u1, v1, 1), (s2, u2, v2, 2)):
@@ -224,10 +236,14 @@ def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out):
         sizes = {l: s for l, s in zip(p_labels, p_aval.shape)}
         for arr, labels in zip(ops[0::2], ops[1::2]):
             sizes.update(zip(labels, arr.shape))
-        g = _einsum_to(ops, lead + p_labels, sizes)
+        g = _einsum_to(ops, lead + p_labels, sizes, memory_limit)
         chain = side.analysis.uses[u].chain
         leaf_aval = side.analysis.traced.tangent_vars[chain.leaf].aval
         grads.append((_pull_back(g, chain, leaf_aval, len(lead)), lead))
     (g1, lead1), (g2, lead2) = grads
     theta = list(range(2_000_000, 2_000_000 + g1.ndim - len(lead1)))
-    return contract([g1, lead1 + theta, g2, lead2 + theta], out, kind="term (different chains)")
+    note = dict(kind="term", output_leaf=k, param_leaf=leaf, uses=(u1, u2), outputs=(v1, v2),
+                sides=[1, 2], primitives=(s1.analysis.uses[u1].primitive,
+                                          s2.analysis.uses[u2].primitive),
+                structure=("gradient (chain differs)", "gradient (chain differs)"))
+    return contract([g1, lead1 + theta, g2, lead2 + theta], out, memory_limit, **note)

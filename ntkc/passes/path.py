@@ -123,7 +123,12 @@ def _opt_einsum_optimizer(kind):
         eq = ",".join("".join(map(sym, i)) for i in inputs) + "->" + "".join(map(sym, output))
         shapes = [tuple(sizes[l] for l in i) for i in inputs]
         limit = None if memory_limit is None else memory_limit // itemsize
-        path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=kind, memory_limit=limit)
+        try:
+            path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=kind,
+                                               memory_limit=limit)
+        except RuntimeError as err:  # dp: no path under its (intermediate-only) limit
+            raise PathMemoryError(f"no contraction order fits memory_limit={memory_limit} "
+                                  f"bytes ({err})") from None
         nodes = list(range(len(inputs)))
         for step in path:
             picked = [nodes[i] for i in step]
@@ -221,4 +226,8 @@ def optimize(inputs: Sequence[Sequence], output: Sequence, sizes, method: str = 
         return PathInfo((), 0, naive, naive, ())
     tree = OPTIMIZERS[method](inputs, output, sizes, memory_limit, itemsize)
     path, cost, steps = _linearize(tree, inputs, output, sizes, itemsize)
+    if memory_limit is not None and cost.peak > memory_limit:
+        # opt_einsum's optimisers limit intermediates only, not operands plus result.
+        raise PathMemoryError(f"no contraction order found by {method!r} fits memory_limit="
+                              f"{memory_limit} bytes (its best has a step of {cost.peak:.3g} bytes)")
     return PathInfo(path, tree, cost, naive, steps)
