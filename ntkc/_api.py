@@ -428,9 +428,10 @@ class KernelFunction:
 
 
 def _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2):
-    flops1 = estimate.jaxpr_flops(jax.make_jaxpr(lambda p: f(p, x1, **kwargs1))(params))
+    # x is an argument, not a closure, so that jax.ShapeDtypeStruct inputs work (ntkc.compile)
+    flops1 = estimate.jaxpr_flops(jax.make_jaxpr(lambda p, x: f(p, x, **kwargs1))(params, x1))
     flops2 = flops1 if config.x2_is_x1 else estimate.jaxpr_flops(
-        jax.make_jaxpr(lambda p: f(p, x2, **kwargs2))(params))
+        jax.make_jaxpr(lambda p, x: f(p, x, **kwargs2))(params, x2))
     return flops1, flops2
 
 
@@ -447,6 +448,25 @@ def _cotangent_cost(config, flops1, flops2) -> Cost:
 def _auto_method(f, config, params, x1, x2, kwargs1, kwargs2, args) -> str:
     """``method="auto"``: the cheapest of structured (its plan's cost: every term in its chosen
     order, which may be the Jacobian order) and the jacobian and ntvp estimates."""
+    costs = _method_costs(f, config, params, x1, x2, kwargs1, kwargs2, args)
+    return min(costs, key=costs.get)
+
+
+def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
+    """The FLOP estimates ``method="auto"`` compares, per method (for benchmarks and tools).
+
+    ``options`` are :func:`ntk_fn`'s (``method`` ignored) plus ``kwargs`` for ``f``.
+    """
+    kwargs = dict(options.pop("kwargs", None) or {})
+    options.pop("method", None)
+    kfn = KernelFunction(f, method="jacobian", **options)
+    config, args = kfn.prepare(x1, x2, params, **kwargs)
+    kwargs1 = merge_kwargs(config.static_kwargs1, args[3])
+    kwargs2 = merge_kwargs(config.static_kwargs2, args[4])
+    return _method_costs(f, config, params, args[0], args[1], kwargs1, kwargs2, args)
+
+
+def _method_costs(f, config, params, x1, x2, kwargs1, kwargs2, args) -> dict[str, float]:
     flops1, flops2 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2)
     costs = estimate.method_costs(config, flops1, flops2, estimate.count_params(params))
     structured = dataclasses.replace(config, method="structured")
@@ -460,7 +480,7 @@ def _auto_method(f, config, params, x1, x2, kwargs1, kwargs2, args) -> str:
     else:
         terms = sum((r["path"].cost for r in records if r.get("kind") == "term"), Cost())
         costs["structured"] = (terms + _cotangent_cost(config, flops1, flops2)).flops
-    return min(costs, key=costs.get)
+    return costs
 
 
 def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
