@@ -22,10 +22,22 @@ def demo_output():
 
 
 def table_rows(text):
-    """``{method: row tokens}`` from the lines below the table's dashed rule."""
+    """``{method: row tokens}`` from the lines between the table's dashed rule and the first
+    blank line (the plan follows)."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if set(line) == {"-"})
-    return {line.split()[0]: line.split()[1:] for line in lines[start + 1 :] if line.strip()}
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        rows[line.split()[0]] = line.split()[1:]
+    return rows
+
+
+def test_demo_prints_the_plan(demo_output):
+    text = demo_output[1]
+    assert "Plan: method=" in text
+    assert "['stem']['w']" in text and "conv_general_dilated" in text
 
 
 def test_demo_exits_0_and_names_its_reference(demo_output):
