@@ -1,6 +1,7 @@
 """ntkc: the finite-width empirical Neural Tangent Kernel of any JAX function, compiled."""
 
 from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
+from ntkc._compile import Compiled, compile, load
 from ntkc.ir import Plan, Term
 from ntkc.passes.cost import Cost
 from ntkc.passes.path import PathMemoryError
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "Compiled",
     "Cost",
     "KernelFunction",
     "NtkImplementation",
@@ -18,7 +20,9 @@ __all__ = [
     "Plan",
     "Term",
     "UnsupportedPrimitiveError",
+    "compile",
     "empirical_ntk_fn",
+    "load",
     "ntk_fn",
     "plan",
     "testing",
