@@ -3,6 +3,8 @@
 from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
 from ntkc._compile import Compiled, compile, load
 from ntkc.ir import Plan, Term
+from ntkc.ir import Form, OneHot
+from ntkc.rules.registry import register_rule
 from ntkc.passes.cost import Cost
 from ntkc.passes.path import PathMemoryError
 from ntkc import testing
@@ -14,8 +16,10 @@ __all__ = [
     "METHODS",
     "Compiled",
     "Cost",
+    "Form",
     "KernelFunction",
     "NtkImplementation",
+    "OneHot",
     "PathMemoryError",
     "Plan",
     "Term",
@@ -25,5 +29,6 @@ __all__ = [
     "load",
     "ntk_fn",
     "plan",
+    "register_rule",
     "testing",
 ]

@@ -17,6 +17,7 @@ case the dense rule is used.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -53,6 +54,110 @@ def register(primitive, structure: str = ""):
         if primitive is not None:
             _RULES[primitive] = Rule(primitive, fn, structure)
         return fn
+
+    return decorate
+
+
+_RULE_KEYWORDS = ("operands", "index", "outs", "shapes")
+
+
+def register_rule(primitive, structure: str = ""):
+    """Decorator registering a structured-derivative rule for ``primitive``: the public
+    :func:`register`, for your own primitives or to override a built-in rule.
+
+    The structured method (``ntkc.ntk_fn(..., method="structured")``) looks at every equation of
+    ``f``'s linearized jaxpr that consumes a parameter value ``p`` and asks the rule of its
+    primitive for ``∂y/∂p`` in a compact form. A rule is a function of keyword arguments only::
+
+        @ntkc.register_rule(my_p, "diagonal: the scale s")
+        def _(*, operands, index, outs, shapes, **params):
+            ...
+
+    It receives:
+
+    * ``operands``: the equation's operands, in order. Those that are tangents (``p`` itself,
+      at ``index``, and any other operand that depends on the parameters) are ``None``; the
+      others are arrays (under ``jax.jit`` and ``jax.vmap``: tracers, so use ``jnp`` and never
+      branch on their values) or Python scalars for literals.
+    * ``index``: which operand is ``p``.
+    * ``outs``: the abstract values of the equation's outputs (``.shape``, ``.dtype``), one per
+      output, also for a primitive with a single result.
+    * ``shapes``: the shapes of all operands, as tuples (``shapes[index]`` is ``p``'s shape);
+      known also for the ``None`` operands.
+    * the equation's parameters (``eqn.params``) as keywords. Take the ones you need by name and
+      absorb the rest with ``**_``, so that a parameter added by a later JAX release does not
+      break the rule.
+
+    It returns a list with one :class:`ntkc.Form` per output of the equation (a list of one for
+    a single-result primitive), describing ``y_k = Σ Π factors · p`` with the other tangent
+    operands taken as zero: ``out_labels`` has one label per axis of ``y_k``, ``param_labels``
+    one per axis of ``p``, each factor is ``(array, labels)`` with one label per array axis (or
+    ``(int_ids, ntkc.OneHot(labels, size))`` for a one-hot factor), and ``structure`` is a short
+    summary shown in plans. A label on ``y`` and ``p`` is an identity (diagonal), a label on
+    ``y`` and a factor only is dense, a label on ``y`` only is a broadcast, a label on ``p``
+    only is summed over. Or the rule returns ``None`` to decline (for these operands or
+    parameters it has no structured form): the equation then uses the dense Jacobian fallback
+    (a warning, or :class:`ntkc.UnsupportedPrimitiveError` under ``strict=True``).
+
+    Check a rule with :func:`ntkc.testing.check_rule` before using it: it compares the forms
+    with ``jax.jacfwd`` and ``jax.jacrev`` of the primitive and checks every label.
+
+    Registering replaces any earlier rule of ``primitive`` (a built-in one too); the previous
+    :class:`Rule` is in ``ntkc.rules.registered()`` if you want to restore it. Register rules
+    before building kernel functions: a kernel function that already ran keeps its compiled
+    program.
+
+    Args:
+      primitive: the primitive object (a ``jax.extend.core.Primitive``, such as
+        ``jax.lax.mul_p`` or your own).
+      structure: what the rule claims about ``∂y/∂p`` in a few words, shown in docs and plans.
+
+    Returns:
+      A decorator that registers the rule and returns it unchanged.
+
+    Raises:
+      TypeError: ``primitive`` is not a primitive, ``structure`` is not a string, or the rule
+        cannot take the keywords above.
+
+    Example: ``y[..., i, j] = s[..., i] * p[i, j]`` (a primitive ``rowscale_p`` of your own; the
+    whole example, with the primitive's definition, is in ``docs/extending.md``)::
+
+        @ntkc.register_rule(rowscale_p, "diagonal in p, dense factor s")
+        def _rowscale(*, operands, index, outs, shapes, **_):
+            if index != 1 or operands[0] is None:
+                return None  # s as the parameter: no structured form here, use the dense rule
+            s = operands[0]
+            lead = tuple(("s", a) for a in range(len(shapes[0]) - 1))
+            return [ntkc.Form(out_labels=lead + ("i", "j"), param_labels=("i", "j"),
+                              factors=((s, lead + ("i",)),), structure="row scale")]
+
+        ntkc.testing.check_rule(rowscale_p, s, p, index=1)
+    """
+    if not (hasattr(primitive, "bind") and isinstance(getattr(primitive, "name", None), str)):
+        raise TypeError(f"register_rule: expected a primitive (jax.extend.core.Primitive), "
+                        f"got {primitive!r}")
+    if not isinstance(structure, str):
+        raise TypeError(f"register_rule: structure must be a string, got {structure!r}")
+
+    def decorate(fn):
+        if not callable(fn):
+            raise TypeError(f"register_rule({primitive.name}): the rule must be callable, got {fn!r}")
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without a signature: trust it
+            signature = None
+        if signature is not None:
+            kinds = {p.kind for p in signature.parameters.values()}
+            names = {n for n, p in signature.parameters.items()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            missing = [k for k in _RULE_KEYWORDS
+                       if k not in names and inspect.Parameter.VAR_KEYWORD not in kinds]
+            if missing:
+                raise TypeError(
+                    f"register_rule({primitive.name}): the rule {fn.__name__!r} must accept the "
+                    f"keyword arguments {', '.join(_RULE_KEYWORDS)} and the equation's parameters "
+                    f"(absorb them with **_); it lacks {', '.join(missing)}")
+        return register(primitive, structure)(fn)
 
     return decorate
 
