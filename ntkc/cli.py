@@ -3,11 +3,18 @@
 ``ntkc demo`` computes the NTK of a small built-in ResNet-style CNN on synthetic CIFAR-shaped data
 with every method ntkc offers, and prints a table of compile time, run time and deviation from a
 float64 reference.
+
+``ntkc inspect MODULE:FACTORY`` imports MODULE, calls ``FACTORY()`` for ``(f, params, x1)`` or
+``(f, params, x1, x2)`` and prints what the structured method compiles for them: the plan table,
+and optionally its graph as DOT and the emitted program as StableHLO.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -177,6 +184,172 @@ def demo(n: int = 8, seed: int = 0, size: int = 32, out=None) -> int:
         jax.config.update("jax_enable_x64", x64)
 
 
+# ----------------------------------------------------------------------------- inspect
+
+
+class CommandError(Exception):
+    """An error of a command: printed as one line on stderr; exit status ``status`` (2 for a
+    user error such as a module that cannot be found, 1 when the work itself failed)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+def _load_module(name: str):
+    """Imports ``name``: a dotted module (importable from the current directory too) or a
+    ``.py`` file path."""
+    if name.endswith(".py") or os.sep in name or (os.altsep and os.altsep in name):
+        path = os.path.abspath(name)
+        if not os.path.isfile(path):
+            raise CommandError(f"cannot import {name!r}: no such file")
+        stem = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[stem] = module  # dataclasses and pickling look modules up by name
+        folder = os.path.dirname(path)
+        sys.path.insert(0, folder)  # sibling imports of the file
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as err:
+            sys.modules.pop(stem, None)
+            raise CommandError(f"cannot import {name!r}: {_one_line(err)}") from err
+        finally:
+            sys.path.remove(folder)
+        return module
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:  # a console script does not put the current directory on the path
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name and (name == err.name or name.startswith(err.name + ".")):
+            raise CommandError(f"cannot import module {name!r}: no module named {err.name!r} "
+                               f"(looked in the current directory and on sys.path)") from err
+        raise CommandError(f"cannot import module {name!r}: {_one_line(err)}") from err
+    except BaseException as err:  # the module itself failed: say how, in one line
+        raise CommandError(f"cannot import module {name!r}: {_one_line(err)}") from err
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _short(value) -> str:
+    text = " ".join(repr(value).split())
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{text} (of type {type(value).__name__})"
+
+
+def load_factory(spec: str):
+    """``(f, params, x1, x2)`` from ``MODULE:FACTORY`` (``x2`` None when the factory returns
+    three values). Raises :class:`CommandError` with a one-line message."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise CommandError(f"expected MODULE:FACTORY (e.g. mymodel:make or path/to/model.py:make), "
+                           f"got {spec!r}")
+    module = _load_module(module_name)
+    factory = module
+    for part in attr.split("."):
+        try:
+            factory = getattr(factory, part)
+        except AttributeError:
+            raise CommandError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(factory):
+        raise CommandError(f"{spec} is {_short(factory)}, not a callable factory")
+    try:
+        result = factory()
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        raise CommandError(f"{spec}() raised {_one_line(err)}") from err
+    expected = "expected a tuple (f, params, x1) or (f, params, x1, x2)"
+    if not isinstance(result, (tuple, list)):
+        raise CommandError(f"{spec}() returned {_short(result)}; {expected}")
+    if len(result) not in (3, 4):
+        raise CommandError(f"{spec}() returned {len(result)} values; {expected}")
+    f, params, x1 = result[:3]
+    x2 = result[3] if len(result) == 4 else None
+    if not callable(f):
+        raise CommandError(f"{spec}() returned {_short(f)} as f, which is not callable; "
+                           f"{expected}")
+    return f, params, x1, x2
+
+
+def _axes_list(text: str) -> tuple:
+    """``--trace-axes`` and ``--diagonal-axes``: comma-separated ints; ``none`` or empty: ()."""
+    text = text.strip()
+    if text.lower() in ("", "none", "()"):
+        return ()
+    try:
+        return tuple(int(t) for t in text.strip("()").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated ints (e.g. -1 or 0,2) or 'none', got {text!r}") from None
+
+
+def _vmap_axes(text: str):
+    """``--vmap-axes``: one int, or ``none``/empty for None."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'none', got {text!r}") from None
+
+
+def inspect(spec: str, method="auto", trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
+            strict=False, dot=None, hlo=False, out=None) -> int:
+    """Runs ``ntkc inspect``; returns the exit status. Errors in finding or calling the factory
+    raise :class:`CommandError`."""
+    import ntkc
+
+    out = out or sys.stdout
+    f, params, x1, x2 = load_factory(spec)
+    options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes)
+    describe = lambda t: ", ".join(
+        f"{tuple(np.shape(a))} {getattr(a, 'dtype', type(a).__name__)}" for a in jax.tree.leaves(t))
+    print(f"ntkc inspect {spec}: x1 {describe(x1)}"
+          + (f", x2 {describe(x2)}" if x2 is not None else ", x2 = x1")
+          + f"; {len(jax.tree.leaves(params))} param leaves; method={method!r}, "
+            f"trace_axes={trace_axes}, diagonal_axes={diagonal_axes}, vmap_axes={vmap_axes}",
+          file=out)
+    try:
+        plan = ntkc.plan(f, x1, x2, params, method=method, strict=strict, **options)
+    except Exception as err:
+        raise CommandError(f"ntkc.plan failed: {_one_line(err)}", status=1) from err
+    print(plan, file=out)
+    if dot is not None:
+        text = plan.to_dot()
+        if dot == "-":
+            print(text, file=out)
+        else:
+            try:
+                with open(dot, "w") as fh:
+                    fh.write(text)
+            except OSError as err:
+                raise CommandError(f"cannot write --dot {dot!r}: {_one_line(err)}", status=1) from err
+            print(f"wrote the plan's graph (DOT) to {dot}", file=out)
+    if hlo:
+        kernel_fn = ntkc.ntk_fn(f, method=method, strict=strict, **options)
+        try:
+            lowered = jax.jit(lambda a, b, p: kernel_fn(a, b, p)).lower(x1, x2, params)
+            text = lowered.as_text()
+        except Exception as err:
+            raise CommandError(f"lowering the kernel function failed: {_one_line(err)}",
+                               status=1) from err
+        print(f"StableHLO of the kernel program (jax.jit(ntkc.ntk_fn(f, method={method!r}, ...))"
+              ".lower(x1, x2, params).as_text()):", file=out)
+        print(text, file=out)
+    return 0
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -195,6 +368,31 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo_parser.add_argument("--size", type=_positive, default=32,
                              help="image height and width (default 32)")
+    inspect_parser = commands.add_parser(
+        "inspect", help="print the structured plan of a model from MODULE:FACTORY",
+        description="Imports MODULE (a module importable from the current directory or sys.path, "
+                    "or a .py file path), calls FACTORY() for (f, params, x1) or "
+                    "(f, params, x1, x2), and prints ntkc.plan(f, x1, x2, params, ...): a row per "
+                    "contraction with its parameter leaf, primitives, structure, method, einsum, "
+                    "order and cost.",
+    )
+    inspect_parser.add_argument("spec", metavar="MODULE:FACTORY",
+                                help="e.g. mymodel:make or path/to/model.py:make")
+    inspect_parser.add_argument("--method", choices=("auto", "structured", "jacobian", "ntvp"),
+                                default="auto", help="as in ntkc.ntk_fn (default auto)")
+    inspect_parser.add_argument("--trace-axes", type=_axes_list, default=(-1,), metavar="AXES",
+                                help="comma-separated ints, or 'none' for () (default -1); write "
+                                     "--trace-axes=-1,-2 for a list starting with a minus")
+    inspect_parser.add_argument("--diagonal-axes", type=_axes_list, default=(), metavar="AXES",
+                                help="comma-separated ints, or 'none' for () (default none)")
+    inspect_parser.add_argument("--vmap-axes", type=_vmap_axes, default=None, metavar="AXIS",
+                                help="an int, or 'none' (default none)")
+    inspect_parser.add_argument("--strict", action="store_true",
+                                help="fail on a primitive with no structured rule")
+    inspect_parser.add_argument("--dot", metavar="FILE",
+                                help="write the plan's graph as Graphviz DOT to FILE ('-': stdout)")
+    inspect_parser.add_argument("--hlo", action="store_true",
+                                help="also print the kernel program's StableHLO")
     return parser
 
 
@@ -211,7 +409,9 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ntkc`` command; returns the exit status.
 
-    Without a command it prints the help and returns 2; argument errors exit with status 2.
+    Without a command it prints the help and returns 2; argument errors exit with status 2
+    (argparse's ``SystemExit``); a command's user errors (``ntkc inspect`` with a module or
+    factory that cannot be found or used) print one line on stderr and return 2.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -220,8 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "demo": lambda a: demo(n=a.n, seed=a.seed, size=a.size),
+        "inspect": lambda a: inspect(a.spec, method=a.method, trace_axes=a.trace_axes,
+                                     diagonal_axes=a.diagonal_axes, vmap_axes=a.vmap_axes,
+                                     strict=a.strict, dot=a.dot, hlo=a.hlo),
     }
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except CommandError as err:
+        sys.stdout.flush()
+        print(f"ntkc {args.command}: error: {err}", file=sys.stderr)
+        return err.status
 
 
 if __name__ == "__main__":
