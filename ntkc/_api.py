@@ -436,12 +436,13 @@ def _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2):
 
 
 def _cotangent_cost(config, flops1, flops2) -> Cost:
-    """The cotangent passes of the structured method: one reverse pass (about 2 forward passes)
-    per output basis vector of one example, for every example."""
+    """The cotangent passes of the structured method: per output basis vector of one example, a
+    reverse pass through the activations only (about one forward pass: the weight gradients that
+    a full reverse pass also forms are the plan's terms), for every example."""
     total = 0.0
     for axes in config.axes:
         per_example = math.prod(axes.shape1) // (config.batching.size1 if config.batching else 1)
-        total += 2 * per_example * (flops1 + (0 if config.x2_is_x1 else flops2))
+        total += per_example * (flops1 + (0 if config.x2_is_x1 else flops2))
     return Cost(flops=total)
 
 
