@@ -393,7 +393,27 @@ def _parser() -> argparse.ArgumentParser:
                                 help="write the plan's graph as Graphviz DOT to FILE ('-': stdout)")
     inspect_parser.add_argument("--hlo", action="store_true",
                                 help="also print the kernel program's StableHLO")
+    commands.add_parser(
+        "bench", help="the benchmark suite (bench/ of a source checkout); --help for its options",
+        description="Runs bench/suite.py of the source checkout ntkc is installed from (an "
+                    "editable install); the remaining arguments go to it.",
+        add_help=False,
+    )
     return parser
+
+
+def bench(argv: Sequence[str]) -> int:
+    """``ntkc bench ARGS``: ``python -m bench ARGS`` from the checkout ntkc is installed from."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "suite.py").exists():
+        raise CommandError(f"no bench/ beside the ntkc package at {root}: the benchmark suite "
+                           "ships with the source checkout (pip install -e .)")
+    sys.path.insert(0, str(root))
+    from bench.suite import main as bench_main
+
+    return bench_main(list(argv))
 
 
 def _positive(text: str) -> int:
@@ -414,6 +434,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     factory that cannot be found or used) print one line on stderr and return 2.
     """
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the suite parses its own options
+        try:
+            return bench(argv[1:])
+        except CommandError as err:
+            print(f"ntkc bench: error: {err}", file=sys.stderr)
+            return err.status
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

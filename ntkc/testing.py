@@ -122,15 +122,10 @@ def apply_form(form, p):
     return y
 
 
-def rule_forms(fn, operands, index):
-    """Traces ``fn(*operands)`` and runs the registered rule of the equation that consumes
-    ``operands[index]`` (the parameter), with that operand as ``p``.
-
-    Returns ``(forms, eqn, outs)``: the rule's forms (None when it declines), the traced equation
-    and its outputs on ``operands``.
-    """
+def consuming_equation(fn, operands, index):
+    """Traces ``fn(*operands)``; returns ``(eqn, args, position)``: the first equation that
+    consumes ``operands[index]``, its evaluated arguments, and the operand's position in it."""
     from ntkc._compat import Literal, bind
-    from ntkc.rules import lookup
 
     closed = jax.make_jaxpr(fn)(*operands)
     jaxpr = closed.jaxpr
@@ -140,17 +135,30 @@ def rule_forms(fn, operands, index):
     for eqn in jaxpr.eqns:
         args = [v.val if isinstance(v, Literal) else env[v] for v in eqn.invars]
         if any(v is target for v in eqn.invars):
-            position = [i for i, v in enumerate(eqn.invars) if v is target][0]
-            outs = bind(eqn, args)
-            rule = lookup(eqn.primitive)
-            if rule is None:
-                raise LookupError(f"no rule registered for {eqn.primitive}")
-            known = [None if i == position else a for i, a in enumerate(args)]
-            shapes = [tuple(np.shape(a)) for a in args]
-            avals = [jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs]
-            return rule(known, position, avals, shapes, eqn.params), eqn, outs
+            return eqn, args, [i for i, v in enumerate(eqn.invars) if v is target][0]
         env.update(zip(eqn.outvars, bind(eqn, args)))
     raise ValueError(f"operand {index} is not consumed by any equation of fn")
+
+
+def rule_forms(fn, operands, index):
+    """Traces ``fn(*operands)`` and runs the registered rule of the equation that consumes
+    ``operands[index]`` (the parameter), with that operand as ``p``.
+
+    Returns ``(forms, eqn, outs)``: the rule's forms (None when it declines), the traced equation
+    and its outputs on ``operands``.
+    """
+    from ntkc._compat import bind
+    from ntkc.rules import lookup
+
+    eqn, args, position = consuming_equation(fn, operands, index)
+    outs = bind(eqn, args)
+    rule = lookup(eqn.primitive)
+    if rule is None:
+        raise LookupError(f"no rule registered for {eqn.primitive}")
+    known = [None if i == position else a for i, a in enumerate(args)]
+    shapes = [tuple(np.shape(a)) for a in args]
+    avals = [jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs]
+    return rule(known, position, avals, shapes, eqn.params), eqn, outs
 
 
 # ----------------------------------------------------------------------------- check_rule

@@ -33,10 +33,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ntkc._compat import Literal, add_any_p, bind
+from ntkc._compat import add_any_p, bind
 from ntkc.rules import dense_forms, lookup, registered
 from ntkc.ir import OneHot
-from ntkc.testing import apply_form, rule_forms
+from ntkc.testing import apply_form, consuming_equation, rule_forms
 
 F32, F64 = jnp.float32, jnp.float64
 
@@ -932,18 +932,7 @@ def check_window_claim(c, r):
 
 def _consuming_eqn(fn, operands, index):
     """The equation of ``fn``'s jaxpr that consumes ``operands[index]``, with its arguments."""
-    closed = jax.make_jaxpr(_inline_jit(fn))(*operands)
-    jaxpr = closed.jaxpr
-    env = dict(zip(jaxpr.constvars, closed.consts))
-    env.update(zip(jaxpr.invars, operands))
-    target = jaxpr.invars[index]
-    for eqn in jaxpr.eqns:
-        args = [v.val if isinstance(v, Literal) else env[v] for v in eqn.invars]
-        if any(v is target for v in eqn.invars):
-            pos = [i for i, v in enumerate(eqn.invars) if v is target][0]
-            return eqn, args, pos
-        env.update(zip(eqn.outvars, bind(eqn, args)))
-    raise AssertionError("p is not consumed")
+    return consuming_equation(_inline_jit(fn), operands, index)
 
 
 IDX = np.array([2, 0, 3, 3], np.int32)
