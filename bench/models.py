@@ -22,8 +22,13 @@ def _dense_init(rng, n_in, n_out):
     return {"w": _normal(rng, (n_in, n_out), 1 / np.sqrt(n_in)), "b": jnp.zeros((n_out,), jnp.float32)}
 
 
+def _row(v, ndim):
+    """A vector broadcast explicitly over leading axes (no implicit rank promotion)."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def _dense(p, x):
-    return x @ p["w"] + p["b"]
+    return x @ p["w"] + _row(p["b"], x.ndim)
 
 
 def mlp(n=32, outputs=10, width=512, depth=3, seed=0):
@@ -59,7 +64,7 @@ def cnn(n=16, outputs=10, channels=64, image=32, seed=0):
 
     def f(params, x):
         for w, b in zip(params["convs"], params["biases"]):
-            x = jax.nn.relu(_conv(x, w) + b)
+            x = jax.nn.relu(_conv(x, w) + _row(b, 4))
         return _dense(params["head"], x.mean((1, 2)))
 
     return f, params, _normal(rng, (n, image, image, 3), 1.0)
@@ -100,7 +105,7 @@ def wide_resnet(n=8, outputs=10, depth=10, k=1, image=32, seed=0):
 def _layer_norm(x, p):
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / jnp.sqrt(var + 1e-6) * p["g"] + p["b"]
+    return (x - mu) / jnp.sqrt(var + 1e-6) * _row(p["g"], x.ndim) + _row(p["b"], x.ndim)
 
 
 def vit(n=8, outputs=10, tokens=16, dim=64, heads=4, layers=2, seed=0):
@@ -132,7 +137,7 @@ def vit(n=8, outputs=10, tokens=16, dim=64, heads=4, layers=2, seed=0):
         return _dense(p["proj"], out)
 
     def f(params, x):
-        h = _dense(params["embed"], x) + params["pos"]
+        h = _dense(params["embed"], x) + params["pos"][None]
         for p in params["blocks"]:
             h = h + attention(p, _layer_norm(h, p["ln1"]))
             h = h + _dense(p["fc2"], jax.nn.gelu(_dense(p["fc1"], _layer_norm(h, p["ln2"]))))
