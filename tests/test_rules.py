@@ -539,8 +539,10 @@ def test_every_claim_has_a_check():
 
 
 def test_every_registered_rule_has_cases():
+    """Every built-in rule (defined in ntkc.rules; other tests register their own) has cases."""
     covered = {c.primitive for c in CASES}
-    missing = sorted(p.name for p in registered() if p.name not in covered)
+    builtin = [p for p, r in registered().items() if r.fn.__module__.startswith("ntkc.rules")]
+    missing = sorted(p.name for p in builtin if p.name not in covered)
     assert not missing, f"registered rules without a case in tests/test_rules.py: {missing}"
 
 
