@@ -294,6 +294,9 @@ def _compute(f, x1, x2, params, dyn1, dyn2, config: Config):
         kwargs1, kwargs2 = {**kwargs1, "rng": key1}, {**kwargs2, "rng": key2}
     prob = Problem(f, x1, x1 if config.x2_is_x1 else x2, params, kwargs1, kwargs2, config)
     leaves = _KERNELS[config.method](prob)
+    if config.by_param:  # per output leaf, a pytree shaped like params
+        param_def = jax.tree.structure(params)
+        leaves = [jax.tree_util.tree_unflatten(param_def, per_leaf) for per_leaf in leaves]
     return jax.tree_util.tree_unflatten(config.out_treedef, leaves)
 
 
@@ -305,6 +308,7 @@ def ntk_fn(
     method: str = "auto",
     strict: bool = False,
     memory_limit: int | None = None,
+    by_param: bool = False,
 ) -> "KernelFunction":
     """Returns ``kernel_fn(x1, x2, params, **kwargs)``, the empirical NTK of ``f(params, x)``.
 
@@ -320,6 +324,8 @@ def ntk_fn(
       strict: raise instead of falling back to a dense rule for a primitive with no rule.
       memory_limit: bytes that no contraction step of the structured method may exceed; the
         planner picks contraction orders that fit, or raises ``PathMemoryError``.
+      by_param: return each parameter leaf's contribution instead of their sum: per output
+        leaf, a pytree shaped like ``params`` whose leaves sum to the kernel.
 
     Returns:
       ``kernel_fn(x1, x2, params, **kwargs)``; ``x2=None`` means ``x1``. For an output leaf of
@@ -334,7 +340,8 @@ def ntk_fn(
       >>> ntkc.ntk_fn(f, method="jacobian")(jnp.ones((4, 3)), None, params).shape
       (4, 4)
     """
-    return KernelFunction(f, trace_axes, diagonal_axes, vmap_axes, method, strict, memory_limit)
+    return KernelFunction(f, trace_axes, diagonal_axes, vmap_axes, method, strict, memory_limit,
+                          by_param)
 
 
 class KernelFunction:
@@ -345,7 +352,7 @@ class KernelFunction:
     """
 
     def __init__(self, f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, method="auto",
-                 strict=False, memory_limit=None):
+                 strict=False, memory_limit=None, by_param=False):
         check_method(method)
         if not callable(f):
             raise TypeError(f"f must be callable, got {f!r}")
@@ -354,6 +361,7 @@ class KernelFunction:
         self.f = f
         self.trace_axes, self.diagonal_axes, self.vmap_axes = trace_axes, diagonal_axes, vmap_axes
         self.method, self.strict, self.memory_limit = method, strict, memory_limit
+        self.by_param = bool(by_param)
         self._jitted = jax.jit(functools.partial(_compute, f), static_argnames=("config",))
         self._configs: dict[Any, Config] = {}
         self.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
@@ -392,7 +400,7 @@ class KernelFunction:
         config = Config(
             method=method, axes=axes, out_treedef=treedef, batching=batching,
             x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2,
-            strict=self.strict, memory_limit=self.memory_limit,
+            strict=self.strict, memory_limit=self.memory_limit, by_param=self.by_param,
         )
         if method == "auto":
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],

@@ -46,6 +46,7 @@ class Config:
     static_kwargs2: Any
     strict: bool = False
     memory_limit: int | None = None
+    by_param: bool = False  # per parameter leaf kernels, a pytree shaped like params
     read_rng: str | None = None  # "key" or "pair": derive x2's key (see _api.read_keys)
 
 

@@ -78,5 +78,5 @@ def kernel(prob: Problem) -> list:
     for k, axes in enumerate(prob.axes):
         batch_axis = prob.batching.outputs[k] if prob.batching is not None else None
         out.append(output_kernel(k, axes, batch_axis, n_params, side1, side2,
-                                 prob.config.memory_limit))
+                                 prob.config.memory_limit, prob.config.by_param))
     return out

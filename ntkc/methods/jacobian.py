@@ -18,19 +18,20 @@ from ntkc.methods._batch import per_example_jacobians
 _PARAM_LETTERS = string.ascii_letters[::-1]
 
 
-def contract_jacobians(j1, j2, axes, dtype=None):
-    """Θ for one output leaf from two Jacobian pytrees shaped ``(*out, *param_leaf)``."""
+def contract_jacobians(j1, j2, axes, by_param: bool = False):
+    """Θ for one output leaf from two Jacobian pytrees shaped ``(*out, *param_leaf)``
+    (with ``by_param``, the list of each parameter leaf's term)."""
     l1, l2, lo = axes.labels()
-    total = None
+    terms = []
     for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
         p = _PARAM_LETTERS[: a.ndim - axes.ndim]
-        term = jnp.einsum(f"{l1}{p},{l2}{p}->{lo}", a, b)
-        total = term if total is None else total + term
-    return total / axes.trace_size
+        terms.append(jnp.einsum(f"{l1}{p},{l2}{p}->{lo}", a, b) / axes.trace_size)
+    return terms if by_param else sum(terms[1:], terms[0])
 
 
 def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list) by Jacobian contraction."""
     jac1 = per_example_jacobians(prob, 1)
     jac2 = jac1 if prob.same_inputs else per_example_jacobians(prob, 2)
-    return [contract_jacobians(a, b, ax) for a, b, ax in zip(jac1, jac2, prob.axes)]
+    return [contract_jacobians(a, b, ax, prob.config.by_param)
+            for a, b, ax in zip(jac1, jac2, prob.axes)]

@@ -19,25 +19,37 @@ from ntkc._problem import Problem
 from ntkc.methods._batch import place_example_axes
 
 
-def _pair_kernel(f1, f2, params, axes: KernelAxes):
-    """Θ for one output leaf given ``f1, f2: params -> that leaf``."""
+def _only_leaf(tree, leaf):
+    """``tree`` with every leaf but number ``leaf`` zeroed (or ``tree`` itself for None)."""
+    if leaf is None:
+        return tree
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(
+        treedef, [l if i == leaf else jnp.zeros_like(l) for i, l in enumerate(leaves)])
+
+
+def _pair_kernel(f1, f2, params, axes: KernelAxes, by_param: bool = False):
+    """Θ for one output leaf given ``f1, f2: params -> that leaf`` (with ``by_param``, the list
+    of each parameter leaf's part: one JVP per leaf, the tangent restricted to that leaf)."""
     out2, vjp2 = jax.vjp(f2, params)
     n = math.prod(axes.shape2)
     paired = set(axes.trace) | set(axes.diagonal)
+    leaves = list(range(len(jax.tree.leaves(params)))) if by_param else [None]
 
     def column(i):
         e = jnp.zeros((n,), out2.dtype).at[i].set(1).reshape(axes.shape2)
         (v,) = vjp2(e)
-        w = jax.jvp(f1, (params,), (v,))[1]
         index = jnp.unravel_index(i, axes.shape2) if axes.shape2 else ()
-        return w[tuple(index[a] if a in paired else slice(None) for a in range(axes.ndim))]
+        select = tuple(index[a] if a in paired else slice(None) for a in range(axes.ndim))
+        return [jax.jvp(f1, (params,), (_only_leaf(v, leaf),))[1][select] for leaf in leaves]
 
-    cols = jax.vmap(column)(jnp.arange(n))
+    columns = jax.vmap(column)(jnp.arange(n))
     free1 = [axes.shape1[a] for a in axes.free]
-    cols = cols.reshape(tuple(axes.shape2) + tuple(free1))
     l1, l2, lo = axes.labels()
     l1_free = "".join(l1[a] for a in axes.free)
-    return jnp.einsum(f"{l2}{l1_free}->{lo}", cols) / axes.trace_size
+    terms = [jnp.einsum(f"{l2}{l1_free}->{lo}", c.reshape(tuple(axes.shape2) + tuple(free1)))
+             / axes.trace_size for c in columns]
+    return terms if by_param else terms[0]
 
 
 def _leaf(fn, k):
@@ -50,7 +62,7 @@ def kernel(prob: Problem) -> list:
     for k, axes in enumerate(prob.axes):
         if prob.batching is None:
             f1, f2 = _leaf(prob.full_fn(1), k), _leaf(prob.full_fn(2), k)
-            out.append(_pair_kernel(f1, f2, prob.params, axes))
+            out.append(_pair_kernel(f1, f2, prob.params, axes, prob.config.by_param))
             continue
         b = prob.batching.outputs[k]
         example_axes = axes.drop(b)
@@ -60,17 +72,18 @@ def kernel(prob: Problem) -> list:
 
         def pair(e1, e2, g1=g1, g2=g2, example_axes=example_axes):
             return _pair_kernel(
-                lambda p: g1(p, e1), lambda p: g2(p, e2), prob.params, example_axes
+                lambda p: g1(p, e1), lambda p: g2(p, e2), prob.params, example_axes,
+                prob.config.by_param
             )
 
         if b in axes.free:
             inner = jax.vmap(pair, in_axes=(None, ax2))
             theta = jax.vmap(inner, in_axes=(ax1, None))(in1, in2)
-            out.append(place_example_axes(theta, axes, b, 2))
+            out.append(jax.tree.map(lambda t: place_example_axes(t, axes, b, 2), theta))
         else:
             theta = jax.vmap(pair, in_axes=(ax1, ax2))(in1, in2)
             if b in axes.diagonal:
-                out.append(place_example_axes(theta, axes, b, 1))
+                out.append(jax.tree.map(lambda t: place_example_axes(t, axes, b, 1), theta))
             else:
-                out.append(jnp.mean(theta, axis=0))
+                out.append(jax.tree.map(lambda t: jnp.mean(t, axis=0), theta))
     return out

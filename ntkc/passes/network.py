@@ -184,12 +184,15 @@ def _use_aval(analysis: Analysis, u):
 
 
 def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side, s2: Side,
-                  memory_limit=None):
-    """The kernel of output leaf ``k``: Σ over leaves and pairs of uses, traced and laid out."""
+                  memory_limit=None, by_param: bool = False):
+    """The kernel of output leaf ``k``: Σ over leaves and pairs of uses, traced and laid out
+    (with ``by_param``, a list of each parameter leaf's contribution instead of their sum)."""
     out = _kernel_labels(axes)
     floating = [c for c in jax.tree.leaves(s1.cotangents[k]) if _is_float(c)]
-    total = jnp.zeros(axes.kernel_shape, jnp.result_type(*floating) if floating else jnp.float32)
+    dtype = jnp.result_type(*floating) if floating else jnp.float32
+    per_leaf = []
     for leaf in range(n_params):
+        total = jnp.zeros(axes.kernel_shape, dtype)
         uses1 = s1.analysis.uses_of_leaf(leaf)
         uses2 = s2.analysis.uses_of_leaf(leaf)
         for u1, u2 in itertools.product(uses1, uses2):
@@ -222,7 +225,10 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
                     term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out,
                                           memory_limit, leaf)
                 total = total + term.astype(total.dtype)
-    return total / axes.trace_size
+        per_leaf.append(total / axes.trace_size)
+    if by_param:
+        return per_leaf
+    return sum(per_leaf[1:], per_leaf[0]) if per_leaf else jnp.zeros(axes.kernel_shape, dtype)
 
 
 def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out, memory_limit, leaf):
