@@ -1,14 +1,14 @@
 """ntkc: the finite-width empirical Neural Tangent Kernel of any JAX function, compiled."""
 
+from ntkc import testing
 from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
 from ntkc._compile import Compiled, compile, load
-from ntkc.ir import Plan, Term
-from ntkc.ir import Form, OneHot
-from ntkc.rules.registry import register_rule
+from ntkc._matfree import kernel_solve, ntk_vp_fn
+from ntkc.ir import Form, OneHot, Plan, Term
 from ntkc.passes.cost import Cost
-from ntkc.passes.path import PathMemoryError
-from ntkc import testing
 from ntkc.passes.emit import UnsupportedPrimitiveError
+from ntkc.passes.path import PathMemoryError
+from ntkc.rules.registry import register_rule
 
 __version__ = "0.1.0"
 
@@ -26,8 +26,10 @@ __all__ = [
     "UnsupportedPrimitiveError",
     "compile",
     "empirical_ntk_fn",
+    "kernel_solve",
     "load",
     "ntk_fn",
+    "ntk_vp_fn",
     "plan",
     "register_rule",
     "testing",
