@@ -3,6 +3,7 @@
 from ntkc import testing
 from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
 from ntkc._compile import Compiled, compile, load
+from ntkc._gram import gram
 from ntkc._matfree import kernel_solve, ntk_vp_fn
 from ntkc.ir import Form, OneHot, Plan, Term
 from ntkc.passes.cost import Cost
@@ -26,6 +27,7 @@ __all__ = [
     "UnsupportedPrimitiveError",
     "compile",
     "empirical_ntk_fn",
+    "gram",
     "kernel_solve",
     "load",
     "ntk_fn",
