@@ -1,0 +1,599 @@
+"""ntkc against neural-tangents 0.6.5, on the same JAX, with the same models, weights and inputs.
+
+    python bench/compare_nt.py [--models mlp,cnn] [--quick] [--rounds 2] [--repeats 5]
+                               [--trace both|traced|untraced] [--no-old-jax] [--no-nt-auto]
+                               [--worktree] [--tag NAME] [--setup-only]
+
+Creates, when missing, three virtual environments in the checkout (git-ignored, ``/.venv*/``):
+
+- ``.venv-nt-jax092``:  jax/jaxlib 0.9.2 + neural-tangents 0.6.5 (``--no-deps``) + frozendict;
+- ``.venv-nt-jax0425``: jax/jaxlib 0.4.25 (numpy < 2, scipy < 1.13) + the same neural-tangents;
+- ``.venv-jax092``:     jax/jaxlib 0.9.2 + ntkc, editable, as the CI creates it (``.ci/run``).
+
+neural-tangents is imported through ``bench/_nt_shim.py`` (a stub for its TensorFlow port and,
+on JAX 0.9.2, aliases for the JAX internals it imports that moved). Neither neural-tangents nor
+the old JAX is ever installed next to ntkc.
+
+The workers run ``ntkc/`` and ``bench/`` as committed at git HEAD (exported to a temporary folder),
+so uncommitted edits in a shared checkout do not leak in; ``--worktree`` runs the working tree.
+
+Each case (model x trace_axes) runs, per round, one worker process per library, the two libraries
+back to back and their order alternating between rounds, so that drift of this shared machine
+falls on both. A worker builds the model from ``bench/models.py`` (numpy-seeded weights and
+inputs), then per method: trace + lower seconds, XLA compile seconds, one call, then ``--repeats``
+timed calls; peak memory is XLA's memory analysis of the compiled kernel (arguments + outputs +
+temporaries; JAX 0.4.25's CPU client reports none). The kernels of the first round are compared:
+ntkc's method against neural-tangents' same implementation, ntkc auto against neural-tangents'
+fastest implementation on that case.
+
+Ratios are ntkc / neural-tangents on JAX 0.9.2: compile (trace + lower + compile), median run,
+peak memory. neural-tangents on JAX 0.4.25 is shown beside them, for reference only.
+Writes ``bench/results/compare-nt-<tag>.json`` and ``.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+DEFAULT_N = {"mlp": 32, "cnn": 16, "wrn": 8, "vit": 8, "mixer": 8}
+QUICK_N = {"mlp": 8, "cnn": 4, "wrn": 2, "vit": 2, "mixer": 2}
+MODEL_NAMES = ("mlp", "cnn", "wrn", "vit", "mixer")
+
+# ntkc method <-> neural-tangents implementation (NtkImplementation: 0 AUTO, 1 JACOBIAN_CONTRACTION,
+# 2 NTK_VECTOR_PRODUCTS, 3 STRUCTURED_DERIVATIVES).
+NT_IMPL = {"jacobian": 1, "ntvp": 2, "structured": 3, "auto": 0}
+FIXED = ("jacobian", "ntvp", "structured")
+NTKC_METHODS = ("jacobian", "ntvp", "structured", "auto")
+
+PIP = ["-m", "pip", "install", "-q", "--disable-pip-version-check"]
+NT = "neural-tangents==0.6.5"
+
+# name -> (folder, library, JAX version, pip install commands)
+ENVS = {
+    "nt-0.9.2": (".venv-nt-jax092", "nt", "0.9.2", [
+        ["jax==0.9.2", "jaxlib==0.9.2", "frozendict"],
+        ["--no-deps", NT],
+    ]),
+    "ntkc-0.9.2": (".venv-jax092", "ntkc", "0.9.2", [  # the CI's oldest-JAX environment
+        ["jax==0.9.2", "jaxlib==0.9.2"],
+        ["--no-deps", "-e", str(ROOT)],
+        "ntkc's other dependencies",  # read from pyproject.toml
+    ]),
+    "nt-0.4.25": (".venv-nt-jax0425", "nt", "0.4.25", [
+        # jaxlib 0.4.25 is built against numpy 1; jax < 0.4.26 breaks on scipy 1.13.
+        ["jax==0.4.25", "jaxlib==0.4.25", "numpy<2", "scipy<1.13", "frozendict"],
+        ["--no-deps", NT],
+    ]),
+}
+
+_CHECK = """
+import importlib.metadata, importlib.util, sys, jax
+assert jax.__version__ == sys.argv[1], jax.__version__
+if sys.argv[2] == "nt":
+    assert importlib.util.find_spec("neural_tangents") is not None
+for name in sys.argv[3:]:
+    importlib.metadata.version(name)  # raises if missing
+"""
+
+
+def ntkc_dependencies() -> list[str]:
+    """ntkc's runtime dependencies from pyproject.toml, JAX excluded (pinned per environment)."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [d for d in deps if re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0] not in ("jax", "jaxlib")]
+
+
+def _dist_name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~ \[;]", requirement, maxsplit=1)[0]
+
+
+def _python(folder: str) -> pathlib.Path:
+    return ROOT / folder / "bin" / "python"
+
+
+def setup_env(name: str, log) -> None:
+    """Create the environment if it is missing or incomplete."""
+    folder, lib, jax_version, installs = ENVS[name]
+    py = _python(folder)
+    deps = ntkc_dependencies() if lib == "ntkc" else []
+    names = ["ntkc", *map(_dist_name, deps)] if lib == "ntkc" else ["neural-tangents", "frozendict"]
+    check = [str(py), "-c", _CHECK, jax_version, lib, *names]
+    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return
+    log(f"setting up {folder} ({lib} on JAX {jax_version}) ...")
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(ROOT / folder)], check=True)
+    for args in installs:
+        subprocess.run([str(py), *PIP, *(deps if isinstance(args, str) else args)], check=True)
+    done = subprocess.run(check, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{folder} is not usable after setup:\n{done.stderr}")
+
+
+def env_versions(name: str) -> dict:
+    folder = ENVS[name][0]
+    out = subprocess.run([str(_python(folder)), "-m", "pip", "list", "--format=json",
+                          "--disable-pip-version-check"], capture_output=True, text=True)
+    wanted = {"jax", "jaxlib", "numpy", "scipy", "ml-dtypes", "ml_dtypes", "neural-tangents",
+              "frozendict", "ntkc", "opt-einsum", "opt_einsum", "networkx"}
+    try:
+        return {p["name"]: p["version"] for p in json.loads(out.stdout) if p["name"].lower() in wanted}
+    except json.JSONDecodeError:
+        return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker: runs inside one of the environments; imports jax, the library and bench.models only.
+
+
+def _peak_bytes(compiled):
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every client implements it
+        return None
+    if m is None:
+        return None
+    total = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+    return total or None  # JAX 0.4.25's CPU client reports all zeros
+
+
+def _flops(compiled):
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    value = (analysis or {}).get("flops")
+    return None if value is None else float(value)
+
+
+def worker(spec_path: str, out_path: str) -> int:
+    spec = json.loads(pathlib.Path(spec_path).read_text())
+    sys.path.insert(0, str(ROOT))
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    info = {"jax": jax.__version__, "device": jax.devices()[0].device_kind, "load_start": os.getloadavg()}
+    if spec["lib"] == "nt":
+        from bench import _nt_shim
+
+        nt = _nt_shim.import_nt()
+        info.update(library="neural-tangents", version=nt.__version__, aliases=_nt_shim.ALIASES_APPLIED)
+
+        def make(f, method, trace_axes):
+            kernel_fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0,
+                                            implementation=NT_IMPL[method])
+            return kernel_fn, None
+    else:
+        import ntkc
+
+        info.update(library="ntkc", version=ntkc.__version__, file=ntkc.__file__)
+
+        def make(f, method, trace_axes):
+            kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
+            return kernel_fn, kernel_fn.prepare
+
+    from bench.models import MODELS
+
+    # One-time XLA start-up, so that it is charged to no method.
+    a = jnp.ones((64, 64), jnp.float32)
+    jax.jit(lambda a: jnp.tanh(a @ a).sum()).lower(a).compile()(a).block_until_ready()
+
+    f, params, x = MODELS[spec["model"]](n=spec["n"], outputs=spec["outputs"])
+    info["params"] = int(sum(np.size(l) for l in jax.tree_util.tree_leaves(params)))
+    trace_axes = tuple(spec["trace_axes"])
+    results = []
+    for method in spec["methods"]:
+        r = {"method": method}
+        try:
+            kernel_fn, prepare = make(f, method, trace_axes)
+            start = time.perf_counter()
+            if prepare is not None:
+                config, _ = prepare(x, None, params)
+                r["resolved"] = config.method
+            lowered = jax.jit(lambda x, p: kernel_fn(x, None, p)).lower(x, params)
+            r["trace_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            compiled = lowered.compile()
+            r["compile_s"] = time.perf_counter() - start
+            theta = compiled(x, params)
+            theta.block_until_ready()
+            times = []
+            for _ in range(spec["repeats"]):
+                t = time.perf_counter()
+                compiled(x, params).block_until_ready()
+                times.append(time.perf_counter() - t)
+            r.update(run_s=times, peak_bytes=_peak_bytes(compiled), xla_flops=_flops(compiled))
+            if spec.get("kernel_path"):
+                np.save(spec["kernel_path"].format(method=method), np.asarray(theta))
+            del compiled, lowered, theta
+        except Exception as err:  # noqa: BLE001 - a failing method is a result too
+            r["error"] = f"{type(err).__name__}: {err}"
+        results.append(r)
+    info["load_end"] = os.getloadavg()
+    info["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info["results"] = results
+    pathlib.Path(out_path).write_text(json.dumps(info))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver.
+
+
+def export_source(dest: pathlib.Path) -> dict:
+    """Copies ``ntkc/`` and ``bench/`` at git HEAD to ``dest``: what the workers run, so that
+    uncommitted edits in a shared checkout do not leak into the measurement."""
+    import io
+    import tarfile
+
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD", "ntkc", "bench"],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    if not (dest / "bench" / "compare_nt.py").exists():
+        raise SystemExit("bench/compare_nt.py is not committed; commit it or pass --worktree")
+    return _source_info(dest)
+
+
+def _source_info(src: pathlib.Path) -> dict:
+    git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--", "ntkc", "bench/models.py", "bench/_nt_shim.py",
+                "bench/compare_nt.py")
+    return {"commit": git("rev-parse", "HEAD"), "source": "git HEAD" if src != ROOT else "working tree",
+            "uncommitted_changes_in_worktree": bool(dirty)}
+
+
+def run_worker(env: str, spec: dict, tmp: pathlib.Path, timeout: float, src: pathlib.Path) -> dict:
+    folder = ENVS[env][0]
+    spec_path, out_path = tmp / "spec.json", tmp / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    envvars = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="3")
+    envvars.pop("PYTHONPATH", None)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([str(_python(folder)), str(src / "bench" / "compare_nt.py"), "--worker",
+                               str(spec_path), str(out_path)], capture_output=True, text=True,
+                              timeout=timeout, env=envvars, cwd=str(src))
+    except subprocess.TimeoutExpired:
+        return {"error": f"worker timed out after {timeout:.0f} s", "results": []}
+    wall = time.perf_counter() - start
+    if done.returncode or not out_path.exists():
+        tail = (done.stderr or done.stdout)[-3000:]
+        return {"error": f"worker exited with {done.returncode}:\n{tail}", "results": [], "wall_s": wall}
+    out = json.loads(out_path.read_text())
+    out["wall_s"] = wall
+    return out
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _rel_dev(a_path: pathlib.Path, b_path: pathlib.Path):
+    import numpy as np
+
+    if not (a_path.exists() and b_path.exists()):
+        return None
+    a, b = np.load(a_path).astype(np.float64), np.load(b_path).astype(np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    scale = float(np.max(np.abs(b))) or 1.0
+    return float(np.max(np.abs(a - b))) / scale
+
+
+def summarize(runs: dict) -> dict:
+    """runs: method -> list of per-round results -> one summary per method."""
+    out = {}
+    for method, rounds in runs.items():
+        ok = [r for r in rounds if "error" not in r]
+        if not ok:
+            out[method] = {"error": rounds[0].get("error", "no result") if rounds else "not run"}
+            continue
+        times = [t for r in ok for t in r["run_s"]]
+        out[method] = {
+            "rounds": len(ok),
+            "runs": len(times),
+            "trace_s": _median([r["trace_s"] for r in ok]),
+            "compile_s": _median([r["compile_s"] for r in ok]),
+            "total_compile_s": _median([r["trace_s"] + r["compile_s"] for r in ok]),
+            "run_s_median": statistics.median(times),
+            "run_s_min": min(times),
+            "round_medians": [statistics.median(r["run_s"]) for r in ok],
+            "peak_bytes": ok[0].get("peak_bytes"),
+            "xla_flops": ok[0].get("xla_flops"),
+        }
+        if ok[0].get("resolved"):
+            out[method]["resolved"] = ok[0]["resolved"]
+        if len(ok) < len(rounds):
+            out[method]["errors_in_other_rounds"] = [r["error"] for r in rounds if "error" in r]
+    return out
+
+
+def _fmt(v, spec):
+    if v is None:  # keep the column's width
+        width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+        return format("-", f">{width}") if width else "-"
+    return format(v, spec)
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _mib(b):
+    return None if b is None else b / 2**20
+
+
+def case_table(case: dict, log) -> None:
+    nt, kc, old = case["nt-0.9.2"], case["ntkc-0.9.2"], case.get("nt-0.4.25")
+    head = (f"{'':<18}|{'neural-tangents, JAX 0.9.2':^32}|{'ntkc, JAX 0.9.2':^32}|{'ntkc / NT':^23}|"
+            f"{'rel dev':>8} |{'NT, JAX 0.4.25':^22}")
+    sub = (f"{'ntkc vs NT impl':<18}|{'compile s':>10}{'median s':>11}{'peak MiB':>11}|"
+           f"{'compile s':>10}{'median s':>11}{'peak MiB':>11}|{'compile':>8}{'run':>7}{'memory':>8}|"
+           f"{'':>8} |{'compile s':>10}{'median s':>11} ")
+    log(head)
+    log(sub)
+
+    def cols(s):
+        if s is None:
+            return f"{'':>32}"
+        if "error" in s:
+            return f"{'failed (see below)':>32}"
+        return (f"{_fmt(s['total_compile_s'], '>10.2f')}{_fmt(s['run_s_median'], '>11.4f')}"
+                f"{_fmt(_mib(s['peak_bytes']), '>11.1f')}")
+
+    def ratios(a, b):
+        if a is None or b is None or "error" in a or "error" in b:
+            return f"{'-':>8}{'-':>7}{'-':>8}"
+        return (f"{_fmt(_ratio(a['total_compile_s'], b['total_compile_s']), '>8.2f')}"
+                f"{_fmt(_ratio(a['run_s_median'], b['run_s_median']), '>7.2f')}"
+                f"{_fmt(_ratio(a['peak_bytes'], b['peak_bytes']), '>8.2f')}")
+
+    def old_cols(s):
+        if s is None:
+            return ""
+        if "error" in s:
+            return f"{'failed':>21}"
+        return f"{_fmt(s['total_compile_s'], '>10.2f')}{_fmt(s['run_s_median'], '>11.4f')}"
+
+    for m in ("jacobian", "ntvp", "structured", "auto"):
+        label = f"{m} / {NT_IMPL[m]}" + (" AUTO" if m == "auto" else "")
+        a, b = kc.get(m), nt.get(m)
+        o = old.get(m) if old else None
+        dev = case["agreement"].get(m)
+        log(f"{label:<18}|{cols(b)}|{cols(a)}|{ratios(a, b)}|{_fmt(dev, '>8.1e')} |{old_cols(o)}")
+    best = case.get("nt_fastest")
+    if best:
+        a, b = kc.get("auto"), nt[best]
+        ran = (a or {}).get("resolved", "?")
+        label = f"auto vs {best}"
+        log(f"{label:<18}|{cols(b)}|{cols(a)}|{ratios(a, b)}|{_fmt(case['agreement'].get('auto_vs_fastest'), '>8.1e')} |"
+            f"  (NT's fastest; ntkc auto ran {ran})")
+    for env, lib in (("nt-0.9.2", "neural-tangents 0.9.2"), ("ntkc-0.9.2", "ntkc 0.9.2"),
+                     ("nt-0.4.25", "neural-tangents 0.4.25")):
+        for m, s in (case.get(env) or {}).items():
+            if "error" in s:
+                first = s["error"].strip().splitlines()
+                log(f"  {lib} {m} failed: {' '.join(first[:3])[:300]}")
+
+
+def summary_table(cases: list, log) -> None:
+    """One line per case: ntkc / neural-tangents median run time per method, and for auto against
+    neural-tangents' fastest implementation, its compile and memory ratios."""
+    log()
+    log("Summary, ntkc / neural-tangents on JAX 0.9.2 (< 1: ntkc better). run = median run time; "
+        "compile = trace + lower + compile")
+    log(f"{'case':<22}{'jacobian':>9}{'ntvp':>7}{'struct.':>8}{'auto/AUTO':>10}  "
+        f"{'auto / NT fastest: run':>22}{'compile':>9}{'memory':>8}{'max memory, all':>17}")
+    for case in cases:
+        r = case["ratios_ntkc_over_nt"]
+        name = f"{case['model']} N={case['n']} {'traced' if case['trace_axes'] else 'untraced'}"
+        run = lambda m: _fmt((r.get(m) or {}).get("run"), ">.2f")  # noqa: E731
+        best = case.get("nt_fastest")
+        fastest = r.get(f"auto_vs_nt_fastest_{best}", {})
+        mems = [v["memory"] for v in r.values() if v.get("memory") is not None]
+        best_label = f"({best}) {_fmt(fastest.get('run'), '.2f')}" if best else "-"
+        log(f"{name:<22}{run('jacobian'):>9}{run('ntvp'):>7}{run('structured'):>8}{run('auto'):>10}  "
+            f"{best_label:>22}{_fmt(fastest.get('compile'), '>9.2f')}{_fmt(fastest.get('memory'), '>8.2f')}"
+            f"{_fmt(max(mems) if mems else None, '>17.2f')}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mlp,cnn,wrn,vit,mixer",
+                    help=f"comma-separated, from {','.join(MODEL_NAMES)}")
+    ap.add_argument("--quick", action="store_true", help=f"small N: {QUICK_N}")
+    ap.add_argument("--n", type=int, default=None, help="examples for every model (default: per model)")
+    ap.add_argument("--outputs", type=int, default=10)
+    ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds, each running every case once per library")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per method per round (>= 5)")
+    ap.add_argument("--no-old-jax", action="store_true", help="skip neural-tangents on JAX 0.4.25")
+    ap.add_argument("--nt-auto", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time neural-tangents' AUTO (compiles its three programs to count FLOPs)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
+    ap.add_argument("--tag", default=None, help="output name: bench/results/compare-nt-TAG.{json,log}")
+    ap.add_argument("--worktree", action="store_true",
+                    help="run ntkc and bench/ from the working tree instead of git HEAD")
+    ap.add_argument("--setup-only", action="store_true")
+    ap.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(*args.worker)
+
+    models = [m for m in args.models.split(",") if m]
+    bad = [m for m in models if m not in MODEL_NAMES]
+    if bad:
+        ap.error(f"unknown models {bad}; valid: {', '.join(MODEL_NAMES)}")
+    traces = {"both": [[], [-1]], "traced": [[-1]], "untraced": [[]]}[args.trace]
+    envs = ["nt-0.9.2", "ntkc-0.9.2"] + ([] if args.no_old_jax else ["nt-0.4.25"])
+    tag = args.tag or f"cpu-{os.cpu_count()}core" + ("-quick" if args.quick else "")
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log_path = results_dir / f"compare-nt-{tag}.log"
+    lines = []
+
+    def log(text=""):
+        print(text, flush=True)
+        lines.append(text)
+
+    for env in envs:
+        setup_env(env, log)
+    versions = {env: env_versions(env) for env in envs}
+    if args.setup_only:
+        print(json.dumps(versions, indent=1))
+        return 0
+
+    nt_methods = list(FIXED) + (["auto"] if args.nt_auto else [])
+    methods = {"nt-0.9.2": nt_methods, "ntkc-0.9.2": list(NTKC_METHODS), "nt-0.4.25": nt_methods}
+    repeats = max(args.repeats, 5)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    log(f"ntkc vs neural-tangents 0.6.5, {started.isoformat(timespec='seconds')}, "
+        f"{platform.machine()} with {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    for env in envs:
+        log(f"  {ENVS[env][0]}: " + ", ".join(f"{k} {v}" for k, v in sorted(versions[env].items())))
+    log(f"float32, vmap_axes=0, O={args.outputs}; {args.rounds} rounds x {repeats} timed runs per method, "
+        f"libraries alternating; compile = trace + lower + XLA compile")
+
+    cases = [(m, args.n or (QUICK_N if args.quick else DEFAULT_N)[m], t) for m in models for t in traces]
+    raw = {}
+    workers = {}
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="compare-nt-"))
+    try:
+        if args.worktree:
+            src, source = ROOT, _source_info(ROOT)
+        else:
+            src = tmp / "src"
+            source = export_source(src)
+        log(f"ntkc and bench/ from {source['source']} {source['commit'][:10]}"
+            + (" (with uncommitted changes)" if source["uncommitted_changes_in_worktree"] and src == ROOT
+               else ""))
+        for rnd in range(args.rounds):
+            for i, (model, n, trace_axes) in enumerate(cases):
+                key = (model, tuple(trace_axes))
+                # The pair compared runs back to back, in the order flipped every round and case;
+                # neural-tangents on the old JAX (reference only) runs after them.
+                pair = ["nt-0.9.2", "ntkc-0.9.2"][:: 1 if (rnd + i) % 2 == 0 else -1]
+                order = pair + envs[2:]
+                for env in order:
+                    kpath = None
+                    if rnd == 0:
+                        kpath = str(tmp / f"{env}-{model}-{len(trace_axes)}-{{method}}.npy")
+                    spec = {"lib": ENVS[env][1], "model": model, "n": n, "outputs": args.outputs,
+                            "trace_axes": trace_axes, "methods": methods[env], "repeats": repeats,
+                            "kernel_path": kpath}
+                    out = run_worker(env, spec, tmp, args.timeout, src)
+                    workers.setdefault(key, {}).setdefault(env, []).append(
+                        {k: v for k, v in out.items() if k != "results"})
+                    per = raw.setdefault(key, {}).setdefault(env, {})
+                    for m in methods[env]:
+                        r = next((r for r in out.get("results", []) if r["method"] == m), None)
+                        per.setdefault(m, []).append(r or {"method": m, "error": out.get("error", "no result")})
+                    status = out.get("error", "").splitlines()[0] if out.get("error") else "ok"
+                    print(f"  round {rnd + 1}/{args.rounds} {model} trace_axes={tuple(trace_axes)} "
+                          f"{env}: {out.get('wall_s', 0):.0f} s, {status}", flush=True)
+
+        report_cases = []
+        for model, n, trace_axes in cases:
+            key = (model, tuple(trace_axes))
+            case = {"model": model, "n": n, "outputs": args.outputs, "trace_axes": trace_axes}
+            for env in envs:
+                case[env] = summarize(raw[key][env])
+            params = next((w.get("params") for env in envs for w in workers[key][env] if w.get("params")), None)
+            case["params"] = params
+            nt = case["nt-0.9.2"]
+            timed = {m: nt[m]["run_s_median"] for m in FIXED if m in nt and "error" not in nt[m]}
+            case["nt_fastest"] = min(timed, key=timed.get) if timed else None
+            agreement = {}
+            kp = lambda env, m: tmp / f"{env}-{model}-{len(trace_axes)}-{m}.npy"  # noqa: E731
+            for m in FIXED:
+                agreement[m] = _rel_dev(kp("ntkc-0.9.2", m), kp("nt-0.9.2", m))
+            agreement["auto"] = _rel_dev(kp("ntkc-0.9.2", "auto"), kp("nt-0.9.2", "auto"))
+            if case["nt_fastest"]:
+                agreement["auto_vs_fastest"] = _rel_dev(kp("ntkc-0.9.2", "auto"),
+                                                        kp("nt-0.9.2", case["nt_fastest"]))
+            if "nt-0.4.25" in envs:
+                agreement["nt_0.4.25_vs_0.9.2"] = {
+                    m: _rel_dev(kp("nt-0.4.25", m), kp("nt-0.9.2", "jacobian")) for m in nt_methods}
+            agreement["nt_vs_nt_jacobian"] = {
+                m: _rel_dev(kp("nt-0.9.2", m), kp("nt-0.9.2", "jacobian")) for m in nt_methods}
+            case["agreement"] = agreement
+            case["workers"] = workers[key]
+            case["ratios_ntkc_over_nt"] = _case_ratios(case)
+            report_cases.append(case)
+            log()
+            log(f"{model} (P={params or 0:,}, N={n}, O={args.outputs}) trace_axes={tuple(trace_axes)}")
+            case_table(case, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    summary_table(report_cases, log)
+    log()
+    log(f"finished {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, "
+        f"load {os.getloadavg()[0]:.2f}")
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "command": " ".join(["python", "bench/compare_nt.py", *(argv if argv is not None else sys.argv[1:])]),
+        "source": source,
+        "rounds": args.rounds,
+        "repeats": repeats,
+        "environments": {env: {"folder": ENVS[env][0], "packages": versions[env]} for env in envs},
+        "nt_aliases": next((w.get("aliases") for c in report_cases for w in c["workers"].get("nt-0.9.2", [])
+                            if w.get("aliases")), None),
+        "cases": report_cases,
+    }
+    json_path = results_dir / f"compare-nt-{tag}.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    log_path.write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {json_path.relative_to(ROOT)} and {log_path.relative_to(ROOT)}")
+    return 0
+
+
+def _case_ratios(case: dict) -> dict:
+    nt, kc = case["nt-0.9.2"], case["ntkc-0.9.2"]
+    out = {}
+    pairs = [(m, m) for m in FIXED] + [("auto", "auto")]
+    if case.get("nt_fastest"):
+        pairs.append(("auto", case["nt_fastest"]))
+    for a_m, b_m in pairs:
+        a, b = kc.get(a_m), nt.get(b_m)
+        if not a or not b or "error" in a or "error" in b:
+            continue
+        label = a_m if a_m == b_m else f"auto_vs_nt_fastest_{b_m}"
+        out[label] = {
+            "compile": _ratio(a["total_compile_s"], b["total_compile_s"]),
+            "run": _ratio(a["run_s_median"], b["run_s_median"]),
+            "memory": _ratio(a["peak_bytes"], b["peak_bytes"]),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
