@@ -17,6 +17,7 @@ import json
 import pathlib
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -172,10 +173,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None, help="where to write the results (default: bench/results/)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="instead: time each method on the MLP as width and N grow (bench/scaling.py; "
+                         "--scaling --help for its options)")
     return ap
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scaling" in argv:  # the scaling sweep parses its own options
+        from bench import scaling
+
+        return scaling.main([a for a in argv if a != "--scaling"])
     args = parser().parse_args(argv)
     traces = {"both": [(), (-1,)], "traced": [(-1,)], "untraced": [()]}[args.trace]
     report = run(args.models, args.methods, args.n, args.outputs, traces, max(args.repeats, 1))
