@@ -127,25 +127,11 @@ def fit_curves(points, noise_floor: float = 1e-3) -> list[dict]:
 
 # --- measurement -------------------------------------------------------------------------------
 
-def _peak_bytes(compiled) -> int | None:
-    m = compiled.memory_analysis()
-    if m is None:
-        return None
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
-
-
-def _xla_flops(compiled) -> float | None:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    value = (analysis or {}).get("flops")
-    return None if value is None else float(value)
-
-
 def measure(f, params, x, method, trace_axes, repeats, max_bytes, point_budget_s) -> dict:
     """Compile and time one point; ``status`` is "ok" or "skipped" (XLA's peak over budget)."""
     import jax
     import ntkc
+    from bench.suite import _peak_bytes, _xla_flops  # here: suite imports this module lazily too
 
     kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
     start = time.perf_counter()
