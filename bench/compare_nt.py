@@ -385,6 +385,8 @@ def case_table(case: dict, log) -> None:
         label = f"{m} / {NT_IMPL[m]}" + (" AUTO" if m == "auto" else "")
         a, b = kc.get(m), nt.get(m)
         o = old.get(m) if old else None
+        if a is None and b is None:
+            continue
         dev = case["agreement"].get(m)
         log(f"{label:<18}|{cols(b)}|{cols(a)}|{ratios(a, b)}|{_fmt(dev, '>8.1e')} |{old_cols(o)}")
     best = case.get("nt_fastest")
@@ -433,6 +435,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both")
     ap.add_argument("--rounds", type=int, default=2, help="rounds, each running every case once per library")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per method per round (>= 5)")
+    ap.add_argument("--methods", default=",".join(NTKC_METHODS),
+                    help="comma-separated subset of jacobian,ntvp,structured,auto (both libraries)")
     ap.add_argument("--no-old-jax", action="store_true", help="skip neural-tangents on JAX 0.4.25")
     ap.add_argument("--nt-auto", action=argparse.BooleanOptionalAction, default=True,
                     help="also time neural-tangents' AUTO (compiles its three programs to count FLOPs)")
@@ -469,8 +473,12 @@ def main(argv=None) -> int:
         print(json.dumps(versions, indent=1))
         return 0
 
-    nt_methods = list(FIXED) + (["auto"] if args.nt_auto else [])
-    methods = {"nt-0.9.2": nt_methods, "ntkc-0.9.2": list(NTKC_METHODS), "nt-0.4.25": nt_methods}
+    chosen = [m for m in args.methods.split(",") if m]
+    if any(m not in NTKC_METHODS for m in chosen):
+        ap.error(f"unknown methods in {chosen}; valid: {', '.join(NTKC_METHODS)}")
+    nt_methods = [m for m in NTKC_METHODS if m in chosen and (m != "auto" or args.nt_auto)]
+    methods = {"nt-0.9.2": nt_methods, "ntkc-0.9.2": [m for m in NTKC_METHODS if m in chosen],
+               "nt-0.4.25": nt_methods}
     repeats = max(args.repeats, 5)
     started = datetime.datetime.now(datetime.timezone.utc)
     log(f"ntkc vs neural-tangents 0.6.5, {started.isoformat(timespec='seconds')}, "
