@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from ntkc._problem import Problem
 from ntkc.passes.emit import evaluate_side
+from ntkc.passes import network
 from ntkc.passes.inline import inline
 from ntkc.passes.network import Side, output_kernel
 from ntkc.passes.uses import Analysis, find_uses
@@ -43,7 +44,10 @@ def analyze(fn, params, inputs, axes) -> Analysis:
         ]
     traced = trace_linear(fn, params, inputs)
     traced = Traced(inline(traced.jaxpr), traced.n_params, traced.n_inputs)
-    return find_uses(traced)
+    analysis = find_uses(traced)
+    if network.RECORD is not None:  # ntkc.plan and method="auto" read the linear map's equations
+        network.RECORD.append(dict(kind="analysis", analysis=analysis, per_example=axes is not None))
+    return analysis
 
 
 def _evaluate(analysis, params, inputs, axes, strict) -> Side:
