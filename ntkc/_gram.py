@@ -1,25 +1,45 @@
-"""Gram matrices over a dataset: tiled, symmetric when X2 is None, resumable on disk.
+"""Gram matrices over a dataset: tiled, factors reused, symmetric when X2 is None, resumable,
+spread over devices.
 
-The kernel of ``X1`` against ``X2`` is computed block by block (``batch_size`` examples a side),
-so that memory stays bounded whatever N; when ``X2`` is None only the tiles on and above the
-diagonal are computed and the rest is mirrored. With ``out="kernel.npy"`` the kernel is written
+The kernel of ``X1`` against ``X2`` is computed tile by tile (``batch_size`` examples a side per
+device), so that memory stays bounded whatever N; when ``X2`` is None only the tiles on and above
+the diagonal are computed and the rest is mirrored. With ``out="kernel.npy"`` the kernel is written
 to a memory-mapped ``.npy`` file and the finished tiles are recorded beside it, so that an
 interrupted run resumes where it stopped.
+
+Factor reuse: the structured and jacobian methods split into a per-example *side* (structured:
+each use's factors and output cotangents; jacobian: the per-example Jacobians), computed once per
+block of examples, and a *pair* function contracting two sides into a tile. Sides live in a
+least-recently-used cache bounded in bytes, so a block's side is computed once when all fit, and
+otherwise once per row plus once per cache miss as a column. Devices: a block holds
+``batch_size`` examples per device, sharded over a 1-D mesh (``jax.shard_map``); each device
+computes its examples' sides and its rows of the tile against the whole column block.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ntkc import pipeline
 from ntkc._api import KernelFunction
+from ntkc._problem import Problem
+from ntkc.methods._batch import per_example_jacobians
+from ntkc.methods.jacobian import contract_jacobians
+
+_AXIS = "examples"  # the mesh axis the example axis is sharded over
+DEFAULT_CACHE_BYTES = 2 * 2**30
 
 
 def _num_examples(x, name) -> int:
@@ -80,10 +100,173 @@ def _choose_batch_size(kernel_fn, params, x1, n, memory_limit) -> int:
     return size
 
 
+
+def _nbytes(tree) -> int:
+    return sum(int(l.nbytes) for l in jax.tree.leaves(tree))
+
+
+class _SideCache:
+    """Sides by key, at most ``budget`` bytes (of all devices together), least recently used
+    evicted first; a side larger than the budget is not kept."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self._items: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key, compute: Callable):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        value = compute()
+        size = _nbytes(value)
+        if size <= self.budget:
+            self._items[key] = (value, size)
+            self.used += size
+            while self.used > self.budget:  # never the new entry: it alone fits
+                _, (_, freed) = self._items.popitem(last=False)
+                self.used -= freed
+        return value
+
+
+def _like(x, n):
+    """Shapes and dtypes of ``n`` examples of dataset ``x``."""
+    return jax.tree.map(lambda l: jax.ShapeDtypeStruct((n,) + np.shape(l)[1:], l.dtype), x)
+
+
+def _put(tree, sharding):
+    """Host arrays onto the mesh (``make_array_from_callback`` also works under jax.distributed)."""
+    def put(leaf):
+        a = np.asarray(leaf)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(put, tree)
+
+
+def _host(tile):
+    """A replicated (or single-device) array on the host."""
+    return np.asarray(tile.addressable_data(0))
+
+
+class _Factored:
+    """The kernel split into ``side(block)`` (per example) and ``pair(side1, side2)`` (per tile).
+
+    Structured and jacobian sides are real work, reused across tiles; for ntvp and per-leaf mixes
+    the side is the block itself and ``pair`` calls the whole kernel function on the two blocks.
+    With several devices both are ``shard_map``-ped over the example axis of the rows.
+    """
+
+    def __init__(self, kernel_fn: KernelFunction, params, like1, like2, mesh: Mesh):
+        self.kernel_fn, self.f, self.mesh = kernel_fn, kernel_fn.f, mesh
+        self.like1, self.like2 = like1, like2
+        self.factored = kernel_fn.method in ("structured", "jacobian")
+        self.params = _put(params, NamedSharding(mesh, P()))
+        self.n_params = len(jax.tree.leaves(params))
+        self._sides: dict = {}
+        self._pairs: dict = {}
+        self._template = None  # structured: a side's static part (analysis, specs)
+
+    def _config(self, n1, n2=None, column_like=None):
+        x2 = None if n2 is None else _like(column_like, n2)
+        return self.kernel_fn.prepare(_like(self.like1, n1), x2, self.params)[0]
+
+    # Per device: one block of examples (side), or a row block against a column block (pair).
+
+    def _side_local(self, config, params, block):
+        prob = Problem(self.f, block, block, params, {}, {}, config)
+        if self.kernel_fn.method == "jacobian":
+            return per_example_jacobians(prob, 1)[0]
+        side = pipeline.side(prob, 1)
+        self._template = dataclasses.replace(side, factors=None, cotangents=None)
+        return side.factors, side.cotangents
+
+    def _pair_local(self, config, params, s1, s2) -> list:
+        if self.kernel_fn.method == "jacobian":
+            out = contract_jacobians(s1, s2, config.axes[0], config.by_param)
+        elif self.factored:
+            side1, side2 = (dataclasses.replace(self._template, factors=s[0], cotangents=s[1])
+                            for s in (s1, s2))
+            out = pipeline.combine(config, self.n_params, side1, side2)[0]
+        else:
+            out = self.kernel_fn(s1, s2, params)
+        return jax.tree.leaves(out)  # one tile, or one per params leaf (by_param)
+
+    def side(self, block):
+        """The side of ``block`` (examples sharded over the mesh), computed on the devices."""
+        if not self.factored:
+            return block
+        n = _num_examples(block, "block") // self.mesh.size
+        fn = self._sides.get(n)
+        if fn is None:
+            local = functools.partial(self._side_local, self._config(n))
+            if self.mesh.size > 1:
+                local = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(_AXIS)),
+                                      out_specs=P(_AXIS), check_vma=False)
+            fn = self._sides[n] = jax.jit(local)
+        return fn(self.params, block)
+
+    def pair(self, side1, n1, side2, n2, column_like) -> list:
+        """Tiles (host arrays) of a row block's side (``n1`` examples) against a column block's."""
+        d = self.mesh.size
+        key = (n1, n2, column_like is self.like1)
+        fn = self._pairs.get(key)
+        if fn is None:
+            local = functools.partial(self._pair_local, self._config(n1 // d, n2 // d, column_like))
+            if d > 1:
+                fn = jax.jit(jax.shard_map(functools.partial(_strip, local, d), mesh=self.mesh,
+                                           in_specs=(P(), P(_AXIS), P()), out_specs=P(_AXIS),
+                                           check_vma=False),
+                             out_shardings=NamedSharding(self.mesh, P()))
+            else:
+                fn = jax.jit(local)
+            self._pairs[key] = fn
+        return [_host(t) for t in fn(self.params, side1, side2)]
+
+
+def _strip(pair, d, params, rows, columns):
+    """One device's rows against the whole (replicated) column block, ``d`` column chunks in
+    sequence (``lax.map``) so that each step is one ``batch_size`` x ``batch_size`` tile."""
+    chunks = jax.tree.map(lambda a: a.reshape((d, a.shape[0] // d) + a.shape[1:]), columns)
+    tiles = jax.lax.map(lambda c: pair(params, rows, c), chunks)  # each (d, n1, n2/d, ...)
+    return [jnp.moveaxis(t, 0, 1).reshape((t.shape[1], d * t.shape[2]) + t.shape[3:])
+            for t in tiles]
+
+
+def _block(x, start, size, n):
+    """Examples ``start:start + size`` of ``x`` (``n`` examples) on the host; past the end, the
+    last example repeated, so that every block has one shape (one compilation)."""
+    index = np.minimum(np.arange(start, start + size), n - 1)
+    return jax.tree.map(lambda l: np.asarray(l[start:index[-1] + 1])[index - start], x)
+
+
+def _tile_order(tiles):
+    """Row by row, columns in alternating directions (serpentine): a row starts with the column
+    blocks the previous row used last, which the cache most likely still holds."""
+    rows: dict = {}
+    for i, j in tiles:
+        rows.setdefault(i, []).append(j)
+    ordered = []
+    for r, i in enumerate(sorted(rows)):
+        ordered += [(i, j) for j in sorted(rows[i], reverse=r % 2 == 1)]
+    return ordered
+
+
+def _resolved_method(config, params):
+    """What ``method="auto"`` chose, as a ``method=`` argument (a per-leaf mix as a pytree)."""
+    if config.method == "mixed":
+        return jax.tree.unflatten(jax.tree.structure(params), config.leaf_methods)
+    return config.method
+
+
 def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
          memory_limit: int | None = None, out: str | os.PathLike | None = None,
+         devices: Sequence | None = None, cache_bytes: int | None = None,
          progress: bool = True, **ntk_options):
-    """The NTK Gram matrix of a dataset, tile by tile.
+    """The NTK Gram matrix of a dataset, tile by tile, each block's factors computed once.
+
+    Methods ``"structured"`` and ``"jacobian"`` compute each block's per-example side (factors
+    and cotangents, or Jacobians) once and contract pairs of sides per tile; ``"ntvp"`` (and a
+    per-leaf mix of methods) has no per-example part to reuse and calls the kernel per tile.
+    ``"auto"`` is resolved once, on one tile.
 
     Args:
       f: ``f(params, x)``; examples along axis 0 of every leaf of ``X1``/``X2`` and of the
@@ -91,79 +274,130 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
       params: parameters.
       X1, X2: the datasets; ``X2=None`` computes the symmetric ``Θ(X1, X1)`` from the tiles on
         and above the diagonal only.
-      batch_size: examples per block a side; default: chosen from ``memory_limit`` (the largest
-        power of two whose plan fits), else 64. Any N works, not only multiples.
+      batch_size: examples per block a side and device; default: chosen from ``memory_limit``
+        (the largest power of two whose plan fits), else 64 (at most N). Any N works, not only
+        multiples: the last block is padded with copies of its last example, so that the side
+        and pair programs compile once.
       memory_limit: bytes that one tile's program may use (passed to the planner as well).
       out: None (return an array) or a ``.npy`` path, written tile by tile; the finished tiles are
         recorded in ``<out>.progress.json`` and a rerun resumes; a file written for another
-        model, data or options is refused.
+        model, data, options, batch size or number of devices is refused.
+      devices: the devices to spread tiles over (default: all of ``jax.devices()``). Each block
+        then holds ``batch_size`` examples per device, sharded over a 1-D mesh; the sides and
+        the tile rows are computed where their examples are.
+      cache_bytes: bytes of sides kept for reuse (all devices together), least recently used
+        dropped first; default 2 GiB. 0 keeps none: each row's side is still computed once per
+        row, column sides once per tile.
       progress: show a tqdm progress bar (tiles done, ETA).
-      **ntk_options: :func:`ntkc.ntk_fn`'s options (trace_axes, diagonal_axes, method, ...).
+      **ntk_options: :func:`ntkc.ntk_fn`'s options (trace_axes, diagonal_axes, method,
+        by_param, ...). ``by_param=True`` returns a pytree shaped like ``params`` of Gram
+        matrices (in memory: not with ``out``).
 
     Returns:
       The kernel (``numpy`` array, or the memory-mapped file's array), laid out as
-      :func:`ntkc.ntk_fn` lays out ``kernel_fn(X1, X2, params)``.
+      :func:`ntkc.ntk_fn` lays out ``kernel_fn(X1, X2, params)``; with ``by_param``, a pytree
+      shaped like ``params`` of such arrays, which sum to the kernel.
+
+    Under ``jax.distributed`` every process runs the same call and receives the whole kernel;
+    give ``out`` a path of its own per process (or write from one).
     """
     ntk_options.setdefault("vmap_axes", 0)
     if ntk_options["vmap_axes"] != 0:
         raise ValueError("gram: vmap_axes must be 0 (examples along axis 0 of inputs and outputs)")
+    by_param = bool(ntk_options.get("by_param", False))
+    if by_param and out is not None:
+        raise ValueError("gram: by_param=True returns its kernels in memory; out= is not "
+                         "supported with it (call gram once per params leaf instead)")
+    if cache_bytes is None:
+        cache_bytes = DEFAULT_CACHE_BYTES
+    if not isinstance(cache_bytes, int) or cache_bytes < 0:
+        raise ValueError(f"cache_bytes must be a non-negative int (bytes) or None, "
+                         f"got {cache_bytes!r}")
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError(f"devices must be a non-empty sequence of jax devices, got {devices!r}")
+    mesh = Mesh(np.array(devices), (_AXIS,))
     kernel_fn = KernelFunction(f, memory_limit=memory_limit, **ntk_options)
     symmetric = X2 is None
+    X2 = X1 if symmetric else X2
     n1 = _num_examples(X1, "X1")
-    n2 = n1 if symmetric else _num_examples(X2, "X2")
+    n2 = _num_examples(X2, "X2")
     if batch_size is None:
         batch_size = _choose_batch_size(kernel_fn, params, X1, n1, memory_limit)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
-    # The layout: from one small tile's config.
-    config, _ = kernel_fn.prepare(_take(X1, 0, 1), _take(X1 if symmetric else X2, 0, 1), params)
+    # The method (auto resolved once, on one tile) and the layout.
+    config, _ = kernel_fn.prepare(_take(X1, 0, batch_size), _take(X2, 0, batch_size), params)
     if len(config.axes) != 1:
         raise ValueError("gram supports functions with one output array")
     axes = config.axes[0]
     if 0 not in axes.free:
         raise ValueError("gram: the example axis (0) must be neither traced nor diagonal")
+    options = {k: v for k, v in ntk_options.items() if k != "method"}
+    kernel_fn = KernelFunction(f, method=_resolved_method(config, params),
+                               memory_limit=memory_limit, **options)
     shape = (n1, n2) + axes.kernel_shape[2:]
     dtype = jax.eval_shape(lambda p, x: f(p, x), params, _take(X1, 0, 1)).dtype
 
-    starts1 = list(range(0, n1, batch_size))
-    starts2 = list(range(0, n2, batch_size))
+    # Blocks of batch_size examples per device, or fewer for a small dataset.
+    d = len(devices)
+    block1, block2 = (d * min(batch_size, math.ceil(n / d)) for n in (n1, n2))
+    starts1 = list(range(0, n1, block1))
+    starts2 = list(range(0, n2, block2))
     tiles = [(i, j) for i in starts1 for j in starts2 if not symmetric or j >= i]
     done: set = set()
+    record = None
     if out is None:
-        result = np.zeros(shape, dtype)
-        record = None
+        n_leaves = len(jax.tree.leaves(params)) if by_param else 1
+        results = [np.zeros(shape, dtype) for _ in range(n_leaves)]
     else:
         out = os.fspath(out)
         record = out + ".progress.json"
-        fingerprint = _fingerprint(params, X1, X2, {**ntk_options, "batch_size": batch_size})
+        fingerprint = _fingerprint(params, X1, None if symmetric else X2,
+                                   {**ntk_options, "batch_size": batch_size, "devices": d})
         if os.path.exists(out) and os.path.exists(record):
             with open(record) as fh:
                 meta = json.load(fh)
             if meta.get("fingerprint") != fingerprint or tuple(meta.get("shape", ())) != shape:
-                raise ValueError(f"{out} was written for another model, data, options or "
-                                 "batch_size; remove it (and its .progress.json) or pick another out")
+                raise ValueError(f"{out} was written for another model, data, options, "
+                                 "batch_size or number of devices; remove it (and its "
+                                 ".progress.json) or pick another out")
             done = {tuple(t) for t in meta["done"]}
-            result = np.lib.format.open_memmap(out, mode="r+")
+            results = [np.lib.format.open_memmap(out, mode="r+")]
         else:
-            result = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)
+            results = [np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)]
             meta = {"fingerprint": fingerprint, "shape": list(shape), "done": []}
             with open(record, "w") as fh:
                 json.dump(meta, fh)
 
+    factored = _Factored(kernel_fn, params, X1, X2, mesh)
+    sharding = NamedSharding(mesh, P(_AXIS))
+    cache = _SideCache(cache_bytes)
+
+    def side(x, start):
+        size, n = (block1, n1) if x is X1 else (block2, n2)
+        return cache.get((x is X1, start),
+                         lambda: factored.side(_put(_block(x, start, size, n), sharding)))
+
     perm = _mirror_permutation(axes)
-    todo = [t for t in tiles if t not in done]
+    todo = _tile_order([t for t in tiles if t not in done])
     bar = _progress_bar(len(tiles), len(tiles) - len(todo)) if progress else None
+    row = (None, None)
     try:
         for i, j in todo:
-            a = _take(X1, i, i + batch_size)
-            b = _take(X1 if symmetric else X2, j, j + batch_size)
-            tile = np.asarray(kernel_fn(a, b, params))
-            result[i:i + tile.shape[0], j:j + tile.shape[1]] = tile
-            if symmetric and j != i:
-                result[j:j + tile.shape[1], i:i + tile.shape[0]] = np.transpose(tile, perm)
+            r, c = min(block1, n1 - i), min(block2, n2 - j)
+            if row[0] != i:  # held for the whole row, even if the cache drops it
+                row = (i, side(X1, i))
+            column = row[1] if symmetric and j == i else side(X2, j)
+            pieces = factored.pair(row[1], block1, column, block2, X2)
+            for result, tile in zip(results, pieces):
+                tile = tile[:r, :c]
+                result[i:i + r, j:j + c] = tile
+                if symmetric and j != i:
+                    result[j:j + c, i:i + r] = np.transpose(tile, perm)
             if record is not None:
-                result.flush()
+                results[0].flush()
                 meta["done"].append([i, j])
                 tmp = record + ".tmp"
                 with open(tmp, "w") as fh:
@@ -174,7 +408,9 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     finally:
         if bar is not None:
             bar.close()
-    return result
+    if by_param:
+        return jax.tree.unflatten(jax.tree.structure(params), results)
+    return results[0]
 
 
 def _progress_bar(total, initial):

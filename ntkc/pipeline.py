@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ntkc._problem import Problem
+from ntkc._problem import Config, Problem
 from ntkc.passes.emit import evaluate_side
 from ntkc.passes import network
 from ntkc.passes.inline import inline
@@ -65,22 +65,33 @@ def _evaluate(analysis, params, inputs, axes, strict) -> Side:
     return Side(analysis, factors, cots, specs["value"], axes is not None)
 
 
+def side(prob: Problem, no: int, like: Side | None = None) -> Side:
+    """Side ``no`` (1 or 2) of the structured program: factors and cotangents of every use.
+
+    ``like``: another side whose analysis is reused when it applies (per-example analyses, or
+    inputs of the same shapes), which saves a second trace.
+    """
+    fn, inputs, axes = _side_function(prob, no)
+    if like is not None and (axes is not None or [v.aval.shape for v in like.analysis.traced.input_vars]
+                             == [jnp.shape(a) for a in inputs]):
+        analysis = like.analysis
+    else:
+        analysis = analyze(fn, prob.params, inputs, axes)
+    return _evaluate(analysis, prob.params, inputs, axes, prob.config.strict)
+
+
+def combine(config: Config, n_params: int, side1: Side, side2: Side) -> list:
+    """Θ per output leaf (a flat list) from two evaluated sides; ``config`` gives the layout."""
+    out = []
+    for k, axes in enumerate(config.axes):
+        batch_axis = config.batching.outputs[k] if config.batching is not None else None
+        out.append(output_kernel(k, axes, batch_axis, n_params, side1, side2,
+                                 config.memory_limit, config.by_param))
+    return out
+
+
 def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list) by structured derivatives."""
-    fn1, in1, ax1 = _side_function(prob, 1)
-    a1 = analyze(fn1, prob.params, in1, ax1)
-    side1 = _evaluate(a1, prob.params, in1, ax1, prob.config.strict)
-    if prob.same_inputs:
-        side2 = side1
-    else:
-        fn2, in2, ax2 = _side_function(prob, 2)
-        same_shapes = [jnp.shape(a) for a in in1] == [jnp.shape(a) for a in in2] or ax1 is not None
-        a2 = a1 if same_shapes else analyze(fn2, prob.params, in2, ax2)
-        side2 = _evaluate(a2, prob.params, in2, ax2, prob.config.strict)
-    n_params = len(jax.tree.leaves(prob.params))
-    out = []
-    for k, axes in enumerate(prob.axes):
-        batch_axis = prob.batching.outputs[k] if prob.batching is not None else None
-        out.append(output_kernel(k, axes, batch_axis, n_params, side1, side2,
-                                 prob.config.memory_limit, prob.config.by_param))
-    return out
+    side1 = side(prob, 1)
+    side2 = side1 if prob.same_inputs else side(prob, 2, like=side1)
+    return combine(prob.config, len(jax.tree.leaves(prob.params)), side1, side2)

@@ -1,7 +1,9 @@
-"""ntkc.gram: tiles equal the one-shot kernel; symmetry; any N; resumable .npy output."""
+"""ntkc.gram: tiles equal the one-shot kernel; factor reuse; symmetry; any N; by_param;
+resumable .npy output."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,16 +13,18 @@ from ntkc import _gram
 
 R = np.random.default_rng(0)
 PARAMS = {"w": R.standard_normal((3, 6)), "v": R.standard_normal((6, 2))}
-X1, X2 = R.standard_normal((7, 3)), R.standard_normal((5, 3))
+X1, X2 = R.standard_normal((7, 3)), R.standard_normal((5, 3))  # 7 and 5: not multiples of 3
 
 
 def f(p, x):
     return jnp.tanh(x @ p["w"]) @ p["v"]
 
 
-@pytest.mark.parametrize("trace_axes", [(-1,), ()])
-@pytest.mark.parametrize("method", ["structured", "jacobian"])
-@pytest.mark.parametrize("symmetric", [True, False])
+CASES = [(t, m, s) for t in [(-1,), ()] for m in ["structured", "jacobian"] for s in [True, False]]
+CASES += [((-1,), m, s) for m in ["ntvp", "auto"] for s in [True, False]]
+
+
+@pytest.mark.parametrize("trace_axes, method, symmetric", CASES)
 def test_tiles_equal_the_one_shot_kernel(trace_axes, method, symmetric):
     x2 = None if symmetric else X2
     want = ntkc.ntk_fn(f, trace_axes, vmap_axes=0, method=method)(X1, x2, PARAMS)
@@ -29,44 +33,106 @@ def test_tiles_equal_the_one_shot_kernel(trace_axes, method, symmetric):
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-12)
 
 
-def test_diagonal_output_axis_is_mirrored_once():
+@pytest.mark.parametrize("method", ["structured", "ntvp"])
+def test_diagonal_output_axis_is_mirrored_once(method):
     g = lambda p, x: jnp.stack([f(p, x), 2 * f(p, x)], axis=1)  # (N, 2, O)
-    want = ntkc.ntk_fn(g, (-1,), (1,), vmap_axes=0)(X1, None, PARAMS)
-    got = ntkc.gram(g, PARAMS, X1, batch_size=2, progress=False, diagonal_axes=(1,))
+    want = ntkc.ntk_fn(g, (-1,), (1,), vmap_axes=0, method=method)(X1, None, PARAMS)
+    got = ntkc.gram(g, PARAMS, X1, batch_size=2, progress=False, diagonal_axes=(1,),
+                    method=method)
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-12)
-
-
-def test_symmetric_gram_computes_only_the_upper_triangle(monkeypatch):
-    calls = []
-    original = _gram.KernelFunction.__call__
-    monkeypatch.setattr(_gram.KernelFunction, "__call__",
-                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    ntkc.gram(f, PARAMS, X1, batch_size=3, progress=False)  # 3 blocks: 6 tiles of 9
-    assert len(calls) == 6
 
 
 class Interrupted(Exception):
     """Stands in for a killed run (pytest reserves KeyboardInterrupt)."""
 
 
-def test_resume_after_an_interruption(tmp_path, monkeypatch):
-    out = tmp_path / "kernel.npy"
-    want = np.asarray(ntkc.ntk_fn(f, vmap_axes=0)(X1, None, PARAMS))
-    original = _gram.KernelFunction.__call__
-    calls, interrupt = [], True
+def count_calls(monkeypatch, name, fail_at=None):
+    """Counts calls of ``_gram._Factored.<name>``; the call number ``fail_at`` raises."""
+    calls = []
+    original = getattr(_gram._Factored, name)
 
-    def flaky(self, *a, **k):
+    def counted(self, *a, **k):
         calls.append(1)
-        if len(calls) == 3 and interrupt:
+        if len(calls) == fail_at:
             raise Interrupted
         return original(self, *a, **k)
 
-    monkeypatch.setattr(_gram.KernelFunction, "__call__", flaky)
+    monkeypatch.setattr(_gram._Factored, name, counted)
+    return calls
+
+
+def test_symmetric_gram_computes_only_the_upper_triangle(monkeypatch):
+    pairs = count_calls(monkeypatch, "pair")
+    ntkc.gram(f, PARAMS, X1, batch_size=3, progress=False)  # 3 blocks: 6 tiles of 9
+    assert len(pairs) == 6
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+@pytest.mark.parametrize("symmetric, cache_bytes, n_sides", [
+    (True, None, 3), (False, None, 3 + 2),  # all fit: each block's side once
+    (True, 0, 3 + 3), (False, 0, 3 + 6),  # none kept: once per row, and per off-diagonal tile
+])
+def test_each_side_is_computed_once_when_the_cache_holds_them(monkeypatch, method, symmetric,
+                                                               cache_bytes, n_sides):
+    x2 = None if symmetric else X2
+    sides = count_calls(monkeypatch, "side")
+    got = ntkc.gram(f, PARAMS, X1, x2, batch_size=3, cache_bytes=cache_bytes, progress=False,
+                    method=method)
+    assert len(sides) == n_sides
+    want = ntkc.ntk_fn(f, vmap_axes=0, method=method)(X1, x2, PARAMS)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-12)
+
+
+def test_side_cache_evicts_the_least_recently_used():
+    cache = _gram._SideCache(budget=2 * 8)  # two float64 scalars
+    computed = []
+
+    def side(key):
+        return cache.get(key, lambda: computed.append(key) or np.float64(key))
+
+    for key in [1, 2, 1, 3, 1, 2]:  # 3 evicts 2 (1 was used since), then 2 evicts 3
+        side(key)
+    assert computed == [1, 2, 3, 2] and cache.used == 16
+    assert _gram._tile_order([(0, 0), (0, 3), (3, 3), (3, 6), (0, 6), (6, 6)]) == [
+        (0, 0), (0, 3), (0, 6), (3, 6), (3, 3), (6, 6)]  # serpentine
+
+
+def pytree_f(p, x):
+    return jnp.tanh(x @ p["w"][0] + p["w"][1][None]) @ p["v"]
+
+
+PYTREE_PARAMS = {"w": [PARAMS["w"], R.standard_normal((6,))], "v": PARAMS["v"]}
+
+
+@pytest.mark.parametrize("method, symmetric", [("structured", True), ("jacobian", False),
+                                               ("ntvp", True)])
+def test_by_param_leaves_equal_the_one_shot_kernel_and_sum_to_it(method, symmetric):
+    x2 = None if symmetric else X2
+    got = ntkc.gram(pytree_f, PYTREE_PARAMS, X1, x2, batch_size=3, progress=False,
+                    method=method, trace_axes=(), by_param=True)
+    want = ntkc.ntk_fn(pytree_f, (), vmap_axes=0, method=method, by_param=True)(
+        X1, x2, PYTREE_PARAMS)
+    assert jax.tree.structure(got) == jax.tree.structure(PYTREE_PARAMS)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, np.asarray(w), rtol=1e-10, atol=1e-12)
+    full = ntkc.ntk_fn(pytree_f, (), vmap_axes=0, method=method)(X1, x2, PYTREE_PARAMS)
+    np.testing.assert_allclose(sum(jax.tree.leaves(got)), full, rtol=1e-10, atol=1e-12)
+
+
+def test_by_param_with_out_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="by_param"):
+        ntkc.gram(f, PARAMS, X1, out=tmp_path / "k.npy", by_param=True, progress=False)
+
+
+def test_resume_after_an_interruption(tmp_path, monkeypatch):
+    out = tmp_path / "kernel.npy"
+    want = np.asarray(ntkc.ntk_fn(f, vmap_axes=0)(X1, None, PARAMS))
+    calls = count_calls(monkeypatch, "pair", fail_at=3)
     with pytest.raises(Interrupted):
         ntkc.gram(f, PARAMS, X1, batch_size=3, out=out, progress=False)
     assert len(json.loads((tmp_path / "kernel.npy.progress.json").read_text())["done"]) == 2
-    calls.clear()
-    interrupt = False
+    monkeypatch.undo()
+    calls = count_calls(monkeypatch, "pair")
     got = ntkc.gram(f, PARAMS, X1, batch_size=3, out=out, progress=False)
     assert len(calls) == 4  # the 4 tiles left of 6, nothing computed twice
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
@@ -89,6 +155,10 @@ def test_batch_size_from_memory_limit_and_errors():
         ntkc.gram(f, PARAMS, X1, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="example axis"):
         ntkc.gram(f, PARAMS, X1, progress=False, trace_axes=(0,))
+    with pytest.raises(ValueError, match="cache_bytes"):
+        ntkc.gram(f, PARAMS, X1, cache_bytes=-1, progress=False)
+    with pytest.raises(ValueError, match="devices"):
+        ntkc.gram(f, PARAMS, X1, devices=[], progress=False)
 
 
 def test_progress_bar_counts_tiles(capsys):
