@@ -37,6 +37,7 @@ from ntkc._api import KernelFunction
 from ntkc._problem import Problem
 from ntkc.methods._batch import per_example_jacobians
 from ntkc.methods.jacobian import contract_jacobians
+from ntkc.passes.hoist import Hoist, hoisting
 
 _AXIS = "examples"  # the mesh axis the example axis is sharded over
 DEFAULT_CACHE_BYTES = 2 * 2**30
@@ -155,10 +156,13 @@ class _Factored:
     With several devices both are ``shard_map``-ped over the example axis of the rows.
     """
 
-    def __init__(self, kernel_fn: KernelFunction, params, like1, like2, mesh: Mesh):
+    def __init__(self, kernel_fn: KernelFunction, params, like1, mesh: Mesh, hoist: bool):
         self.kernel_fn, self.f, self.mesh = kernel_fn, kernel_fn.f, mesh
-        self.like1, self.like2 = like1, like2
+        self.like1 = like1  # X1: shapes and dtypes of the rows
         self.factored = kernel_fn.method in ("structured", "jacobian")
+        # structured: side-local contraction steps computed in the side program (passes/hoist);
+        # only when every tile has the shapes of a block paired with itself (the same paths)
+        self.hoist = hoist and kernel_fn.method == "structured"
         self.params = _put(params, NamedSharding(mesh, P()))
         self.n_params = len(jax.tree.leaves(params))
         self._sides: dict = {}
@@ -177,7 +181,12 @@ class _Factored:
             return per_example_jacobians(prob, 1)[0]
         side = pipeline.side(prob, 1)
         self._template = dataclasses.replace(side, factors=None, cotangents=None)
-        return side.factors, side.cotangents
+        if not self.hoist:
+            return side.factors, side.cotangents, None
+        n = _num_examples(block, "block")
+        with hoisting(Hoist()) as hoist:  # the block against itself; only the local steps are kept
+            pipeline.combine(self._config(n, n, self.like1), self.n_params, side, side)
+        return side.factors, side.cotangents, (hoist.collected[1], hoist.collected[2])
 
     def _pair_local(self, config, params, s1, s2) -> list:
         if self.kernel_fn.method == "jacobian":
@@ -185,7 +194,12 @@ class _Factored:
         elif self.factored:
             side1, side2 = (dataclasses.replace(self._template, factors=s[0], cotangents=s[1])
                             for s in (s1, s2))
-            out = pipeline.combine(config, self.n_params, side1, side2)[0]
+            if not self.hoist:
+                out = pipeline.combine(config, self.n_params, side1, side2)[0]
+            else:
+                with hoisting(Hoist({1: s1[2][0], 2: s2[2][1]})) as hoist:
+                    out = pipeline.combine(config, self.n_params, side1, side2)[0]
+                hoist.check_used()
         else:
             out = self.kernel_fn(s1, s2, params)
         return jax.tree.leaves(out)  # one tile, or one per params leaf (by_param)
@@ -371,7 +385,8 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
             with open(record, "w") as fh:
                 json.dump(meta, fh)
 
-    factored = _Factored(kernel_fn, params, X1, X2, mesh)
+    same_shapes = jax.tree.map(np.shape, _take(X1, 0, 1)) == jax.tree.map(np.shape, _take(X2, 0, 1))
+    factored = _Factored(kernel_fn, params, X1, mesh, hoist=same_shapes and block1 == block2)
     sharding = NamedSharding(mesh, P(_AXIS))
     cache = _SideCache(cache_bytes)
 

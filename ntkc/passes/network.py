@@ -25,6 +25,10 @@ _SHARED = 1_000_000
 # When a list, every contraction appends a record to it (how ntkc.plan inspects a program).
 RECORD: list | None = None
 
+# When set (ntkc.gram, see ntkc.passes.hoist), term contractions run their path through it, so
+# that steps on one side's operands alone are computed once per block of examples.
+HOIST = None
+
 
 def contract(ops, out, memory_limit=None, **note) -> jnp.ndarray:
     """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path``.
@@ -40,6 +44,8 @@ def contract(ops, out, memory_limit=None, **note) -> jnp.ndarray:
     info = optimize(labels, list(out), sizes, itemsize=itemsize, memory_limit=memory_limit)
     if RECORD is not None:
         RECORD.append(dict(note, labels=labels, output=list(out), sizes=sizes, path=info))
+    if HOIST is not None and note.get("kind") == "term":
+        return HOIST(ops, list(out), list(info.path) or [(0,)], note["sides"])
     return jnp.einsum(*ops, list(out), optimize=list(info.path) or [(0,)])
 
 
