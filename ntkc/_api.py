@@ -23,7 +23,8 @@ from ntkc import _plan, pipeline
 from ntkc.ir import Plan
 from ntkc.passes.cost import Cost
 from ntkc.passes.path import PathMemoryError
-from ntkc.methods import estimate, jacobian, ntvp
+from ntkc import _auto
+from ntkc.methods import jacobian, mixed, ntvp
 
 METHODS = ("auto", "structured", "jacobian", "ntvp")
 
@@ -32,6 +33,7 @@ _KERNELS: dict[str, Callable[[Problem], list]] = {
     "ntvp": ntvp.kernel,
     "structured": pipeline.kernel,
 }
+_KERNELS["mixed"] = lambda prob: mixed.kernel(prob, _KERNELS)
 
 
 class NtkImplementation(enum.IntEnum):
@@ -51,10 +53,34 @@ _IMPLEMENTATION_METHOD = {
 }
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
+def check_method(method):
+    """A method name, or a pytree of names that is a prefix of params (a method per leaf)."""
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
+        return method
+    leaves = jax.tree.leaves(method)
+    if not leaves:
+        raise ValueError(f"method={method!r}: a pytree of methods needs at least one leaf")
+    for m in leaves:
+        if m not in METHODS[1:]:
+            raise ValueError(f"method: a per-leaf method must be one of "
+                             f"{', '.join(map(repr, METHODS[1:]))}, got {m!r}")
     return method
+
+
+def _per_leaf_methods(config: Config, method, params) -> Config:
+    """``method`` given as a pytree (a prefix of params): one method per params leaf."""
+    names, treedef = jax.tree.flatten(method)
+    try:
+        subtrees = treedef.flatten_up_to(params)
+    except (ValueError, TypeError):
+        raise ValueError(f"method: a pytree of methods must be a prefix of the structure of "
+                         f"params, {jax.tree.structure(params)}; got {method!r}") from None
+    per_leaf = tuple(m for m, sub in zip(names, subtrees) for _ in jax.tree.leaves(sub))
+    if len(set(per_leaf)) == 1:
+        return dataclasses.replace(config, method=per_leaf[0])
+    return dataclasses.replace(config, method="mixed", leaf_methods=per_leaf)
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -402,11 +428,12 @@ class KernelFunction:
             x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2,
             strict=self.strict, memory_limit=self.memory_limit, by_param=self.by_param,
         )
-        if method == "auto":
+        if not isinstance(method, str):
+            config = _per_leaf_methods(config, method, params)
+        elif method == "auto":
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
-            config = dataclasses.replace(config, method=_auto_method(
-                f, config, params, x1, x2, kwargs1, kwargs2, args))
+            config = _auto.resolve(_request(f, config, args), config)
         return config
 
     def prepare(self, x1, x2, params, **kwargs):
@@ -435,34 +462,9 @@ class KernelFunction:
         return self._jitted(*args, config=config)
 
 
-def _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2):
-    # x is an argument, not a closure, so that jax.ShapeDtypeStruct inputs work (ntkc.compile)
-    flops1 = estimate.jaxpr_flops(jax.make_jaxpr(lambda p, x: f(p, x, **kwargs1))(params, x1))
-    flops2 = flops1 if config.x2_is_x1 else estimate.jaxpr_flops(
-        jax.make_jaxpr(lambda p, x: f(p, x, **kwargs2))(params, x2))
-    return flops1, flops2
-
-
-def _cotangent_cost(config, flops1, flops2) -> Cost:
-    """The cotangent passes of the structured method: per output basis vector of one example, a
-    reverse pass through the activations only (about one forward pass: the weight gradients that
-    a full reverse pass also forms are the plan's terms), for every example."""
-    total = 0.0
-    for axes in config.axes:
-        per_example = math.prod(axes.shape1) // (config.batching.size1 if config.batching else 1)
-        total += per_example * (flops1 + (0 if config.x2_is_x1 else flops2))
-    return Cost(flops=total)
-
-
-def _auto_method(f, config, params, x1, x2, kwargs1, kwargs2, args) -> str:
-    """``method="auto"``: the cheapest of structured (its plan's cost: every term in its chosen
-    order, which may be the Jacobian order) and the jacobian and ntvp estimates."""
-    costs = _method_costs(f, config, params, x1, x2, kwargs1, kwargs2, args)
-    return min(costs, key=costs.get)
-
-
 def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
-    """The FLOP estimates ``method="auto"`` compares, per method (for benchmarks and tools).
+    """The FLOP estimates ``method="auto"`` compares: each method alone, and ``"mixed"`` when
+    a per-leaf mix is cheaper (for benchmarks and tools).
 
     ``options`` are :func:`ntk_fn`'s (``method`` ignored) plus ``kwargs`` for ``f``.
     """
@@ -470,30 +472,19 @@ def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
     options.pop("method", None)
     kfn = KernelFunction(f, method="jacobian", **options)
     config, args = kfn.prepare(x1, x2, params, **kwargs)
-    kwargs1 = merge_kwargs(config.static_kwargs1, args[3])
-    kwargs2 = merge_kwargs(config.static_kwargs2, args[4])
-    return _method_costs(f, config, params, args[0], args[1], kwargs1, kwargs2, args)
+    return _auto.method_costs(_request(f, config, args, warn=False))
 
 
-def _method_costs(f, config, params, x1, x2, kwargs1, kwargs2, args) -> dict[str, float]:
-    flops1, flops2 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2)
-    costs = estimate.method_costs(config, flops1, flops2, estimate.count_params(params))
-    structured = dataclasses.replace(config, method="structured")
-    try:
-        records = _plan.record(functools.partial(_compute, f, config=structured), args)
-    except PathMemoryError:
-        raise
-    except Exception as err:  # auto stays usable; the structured method reports its own errors
-        warnings.warn(f"ntkc: method='auto' could not plan the structured method ({err}); "
-                      "choosing between jacobian and ntvp", stacklevel=3)
-    else:
-        terms = sum((r["path"].cost for r in records if r.get("kind") == "term"), Cost())
-        costs["structured"] = (terms + _cotangent_cost(config, flops1, flops2)).flops
-    return costs
+def _request(f, config, args, warn=True):
+    x1, x2, params, dyn1, dyn2 = args
+    records = _auto.record_structured(functools.partial(_compute, f), config, args, warn)
+    return _auto.request(f, config, params, x1, x1 if x2 is None else x2,
+                         merge_kwargs(config.static_kwargs1, dyn1),
+                         merge_kwargs(config.static_kwargs2, dyn2), records)
 
 
 def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
-         method: str = "auto", strict: bool = False, memory_limit: int | None = None,
+         method="auto", strict: bool = False, memory_limit: int | None = None,
          kwargs: dict | None = None) -> Plan:
     """The structured program for these inputs, before emission: a :class:`ntkc.ir.Plan`.
 
@@ -510,24 +501,30 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
       ["['v']", "['w']"]
     """
     kwargs = dict(kwargs or {})
+    check_method(method)
     options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes,
                    strict=strict, memory_limit=memory_limit)
     structured = KernelFunction(f, method="structured", **options)
     config, args = structured.prepare(x1, x2, params, **kwargs)
-    resolved = method
-    if method != "structured":
-        resolved = KernelFunction(f, method=method, **options).prepare(x1, x2, params, **kwargs)[0].method
     records = _plan.record(functools.partial(_compute, f, config=config), args)
-    kwargs1 = merge_kwargs(config.static_kwargs1, args[3])
-    kwargs2 = merge_kwargs(config.static_kwargs2, args[4])
-    flops1, flops2 = _forward_flops(f, config, params, x1, x1 if x2 is None else x2, kwargs1, kwargs2)
+    req = _auto.request(f, config, params, x1, x1 if x2 is None else x2,
+                        merge_kwargs(config.static_kwargs1, args[3]),
+                        merge_kwargs(config.static_kwargs2, args[4]), records)
+    if method == "auto":
+        chosen = _auto.resolve(req, config)
+    elif isinstance(method, str):
+        chosen = dataclasses.replace(config, method=method)
+    else:
+        chosen = _per_leaf_methods(config, method, params)
     outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
     output_names = [jax.tree_util.keystr(p) or "output"
                     for p, _ in jax.tree_util.tree_flatten_with_path(outputs)[0]]
     leaf_names = [jax.tree_util.keystr(p) or "params"
                   for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    return _plan.build_plan(records, _cotangent_cost(config, flops1, flops2), resolved,
-                            [a.kernel_shape for a in config.axes], output_names, leaf_names)
+    leaf_methods = chosen.leaf_methods or (chosen.method,) * len(leaf_names)
+    return _plan.build_plan(records, _auto.cotangent_cost(req), chosen.method,
+                            [a.kernel_shape for a in config.axes], output_names, leaf_names,
+                            dict(zip(leaf_names, leaf_methods)), _auto.method_costs(req))
 
 
 def empirical_ntk_fn(

@@ -53,24 +53,28 @@ def _path_str(tree) -> str:
     return str(tree) if isinstance(tree, int) else f"({_path_str(tree[0])},{_path_str(tree[1])})"
 
 
-def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_names, leaf_names):
+def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_names, leaf_names,
+               leaf_methods: dict, method_costs: dict):
     terms = []
     for r in records:
         if r.get("kind") != "term":
             continue
         info = r["path"]
+        leaf = leaf_names[r["param_leaf"]]
+        own = leaf_methods[leaf]
         terms.append(Term(
             output=output_names[r["output_leaf"]],
-            leaf=leaf_names[r["param_leaf"]],
+            leaf=leaf,
             primitives=tuple(r["primitives"]),
             structure=tuple(r["structure"]),
-            method=_method_of(r),
+            method=_method_of(r) if own == "structured" else own,
             einsum=_letters(r["labels"], r["output"]),
             order=_path_str(info.tree),
             cost=info.cost,
             naive=info.naive,
         ))
-    return Plan(tuple(terms), cotangents, method, tuple(kernel_shapes), tuple(records))
+    return Plan(tuple(terms), cotangents, method, tuple(kernel_shapes), tuple(records),
+                leaf_methods, method_costs)
 
 
 def record(compute, args) -> list:
@@ -108,6 +112,10 @@ def format_plan(plan: Plan) -> str:
         f"{_fmt(naive / max(chosen, 1))}x); cotangent passes ~{_fmt(plan.cotangents.flops)} FLOPs; "
         f"peak {_fmt(plan.cost.peak)} B"
     )
+    if plan.method_costs:
+        ranked = sorted(plan.method_costs.items(), key=lambda kv: kv[1])
+        lines.append("estimated FLOPs per method: "
+                     + ", ".join(f"{m} {_fmt(c)}" for m, c in ranked))
     return "\n".join(lines)
 
 

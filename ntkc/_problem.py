@@ -48,6 +48,7 @@ class Config:
     memory_limit: int | None = None
     by_param: bool = False  # per parameter leaf kernels, a pytree shaped like params
     read_rng: str | None = None  # "key" or "pair": derive x2's key (see _api.read_keys)
+    leaf_methods: tuple[str, ...] | None = None  # method "mixed": the method of each params leaf
 
 
 def merge_kwargs(static, dynamic_leaves):
@@ -110,13 +111,14 @@ class Problem:
 
         return fn
 
-    def _leaves(self, side: int):
+    def input_leaves(self, side: int):
+        """The flattened ``(x, kwargs)`` of one side: ``(leaves, treedef)``."""
         x, kw = (self.x1, self.kwargs1) if side == 1 else (self.x2, self.kwargs2)
         return jax.tree_util.tree_flatten((x, kw))
 
     def batched_inputs(self, side: int) -> tuple[list, list[int]]:
         """The batched leaves of ``(x, kwargs)`` of one side and their batch axes, for ``vmap``."""
-        leaves, _ = self._leaves(side)
+        leaves, _ = self.input_leaves(side)
         pairs = [(l, ax) for l, ax in zip(leaves, self.batching.inputs) if ax is not None]
         return [l for l, _ in pairs], [ax for _, ax in pairs]
 
@@ -125,7 +127,7 @@ class Problem:
 
         Unbatched leaves are closed over; ``f`` itself sees a batch of one, as in neural-tangents.
         """
-        leaves, treedef = self._leaves(side)
+        leaves, treedef = self.input_leaves(side)
         batching = self.batching
 
         def fn(params, batched):

@@ -119,7 +119,8 @@ class Term:
       structure: the two rules' structure summaries.
       method: "structured" (the sides meet before the parameter axes are summed), "jacobian"
         (each side contracted to its per-leaf Jacobian first: the order the cost model chose),
-        or "dense" (a use fell back to the dense rule).
+        "dense" (a use fell back to the dense rule), or "ntvp" when the leaf's part is computed
+        by NTK-vector products (or "jacobian" by the Jacobian method) in a per-leaf plan.
       einsum: the network in einsum notation.
       order: the chosen contraction path (opt_einsum's linear format).
       cost: the chosen order's cost; ``naive`` one step over every label.
@@ -146,6 +147,10 @@ class Plan:
       method: the method the kernel function uses for these inputs.
       kernel_shapes: shapes of the kernels, one per output leaf.
       records: the raw contraction records (labels, sizes, paths), for tools.
+      leaf_methods: per parameter leaf (its pytree path), the method that computes its part:
+        one method for all, or a per-leaf mix when ``method`` is ``"mixed"``.
+      method_costs: the estimated FLOPs of each method alone (and of the mix) that
+        ``method="auto"`` compared.
     """
 
     terms: tuple
@@ -153,6 +158,8 @@ class Plan:
     method: str
     kernel_shapes: tuple
     records: tuple = dataclasses.field(default=(), repr=False, compare=False)
+    leaf_methods: dict = dataclasses.field(default_factory=dict, compare=False)
+    method_costs: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def cost(self):

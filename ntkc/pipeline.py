@@ -22,7 +22,7 @@ def _side_function(prob: Problem, side: int):
     if prob.batching is not None:
         batched, axes = prob.batched_inputs(side)
         return prob.example_fn(side), batched, axes
-    leaves, treedef = prob._leaves(side)
+    leaves, treedef = prob.input_leaves(side)
     arrays = [i for i, l in enumerate(leaves) if hasattr(l, "shape") and hasattr(l, "dtype")]
 
     def fn(params, inputs):

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Iterable, Mapping, Sequence
 
+from jax.extend import core as jex_core
+
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
@@ -69,3 +71,43 @@ def contraction_cost(
     flops += (2 if summed else max(len(reduced) - 1, 1)) * points
     moved = (sum(size_of(l, sizes) for l in inputs) + size_of(output, sizes)) * itemsize
     return Cost(flops, moved, moved)
+
+
+# ----------------------------------------------------------------------------- jaxpr FLOPs
+
+
+def _sub_jaxprs(eqn) -> list:
+    subs = []
+    for v in eqn.params.values():
+        for s in v if isinstance(v, (tuple, list)) else [v]:
+            if isinstance(s, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
+                subs.append(s)
+    return subs
+
+
+def eqn_flops(eqn) -> float:
+    """Approximate FLOPs of one equation: matmuls and convolutions exactly (a multiply-add counts
+    2), one per output element for anything else; sub-jaxprs (a scan's body times its length)
+    recursively."""
+    subs = _sub_jaxprs(eqn)
+    if subs:
+        return eqn.params.get("length", 1) * sum(jaxpr_flops(s) for s in subs)
+    name = eqn.primitive.name
+    out = sum(math.prod(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
+    if name == "dot_general":
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return 2 * out * math.prod(lhs[d] for d in contract)
+    if name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        dn = eqn.params["dimension_numbers"]
+        window = math.prod(rhs[d] for d in dn.rhs_spec[2:])
+        return 2 * out * window * rhs[dn.rhs_spec[1]]
+    return out
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """Approximate FLOPs of a (closed) jaxpr: the sum of :func:`eqn_flops`."""
+    if isinstance(jaxpr, jex_core.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    return sum(eqn_flops(e) for e in jaxpr.eqns)

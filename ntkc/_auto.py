@@ -1,0 +1,132 @@
+"""``method="auto"``: each parameter leaf's method, from the structured plan and FLOP estimates.
+
+Everything here traces abstractly (``jax.make_jaxpr``, ``jax.eval_shape``): choosing never
+compiles a candidate program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import jax
+
+from ntkc import _plan
+from ntkc._problem import Config
+from ntkc.passes.assign import LinearMap, OutputShape, Request, assign
+from ntkc.passes.cost import Cost, eqn_flops, jaxpr_flops
+from ntkc.passes.path import PathMemoryError
+
+
+def _forward_flops(f, config: Config, params, x1, x2, kwargs1, kwargs2):
+    """FLOPs of one primal forward pass over the whole of x1 and of x2."""
+    # x is an argument, not a closure, so that jax.ShapeDtypeStruct inputs work (ntkc.compile)
+    flops1 = jaxpr_flops(jax.make_jaxpr(lambda p, x: f(p, x, **kwargs1))(params, x1))
+    flops2 = flops1 if config.x2_is_x1 else jaxpr_flops(
+        jax.make_jaxpr(lambda p, x: f(p, x, **kwargs2))(params, x2))
+    return flops1, flops2
+
+
+def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records) -> Request:
+    """The cost model's view of a request; ``records`` are the structured plan's (or None)."""
+    b = config.batching
+    n1, n2 = (b.size1, b.size2) if b is not None else (1, 1)
+    flops1, flops2 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2)
+    outputs = tuple(
+        OutputShape(math.prod(a.shape1), math.prod(a.shape2),
+                    math.prod(a.kernel_shape) * a.trace_size,
+                    b is None or b.outputs[k] in a.free)
+        for k, a in enumerate(config.axes))
+    leaf_sizes = tuple(math.prod(jax.numpy.shape(l)) for l in jax.tree.leaves(params))
+    analyses = [r["analysis"] for r in records or () if r.get("kind") == "analysis"]
+    terms = None
+    if records is not None:
+        terms = [0.0] * len(leaf_sizes)
+        dense = set()
+        for r in records:
+            if r.get("kind") == "term":
+                flops = r["path"].cost.flops
+                if config.x2_is_x1:
+                    flops -= _repeated_side_flops(r)
+                terms[r["param_leaf"]] += flops
+                for side, (u, structure) in enumerate(zip(r["uses"], r["structure"])):
+                    if structure == "dense":
+                        dense.add((r["param_leaf"], u, 1 if config.x2_is_x1 else side))
+        for leaf, u, side in dense:
+            terms[leaf] += (n1 if side == 0 else n2) * _dense_rule_flops(analyses[0], u)
+        terms = tuple(terms)
+    linear = (LinearMap.from_analysis(analyses[0]) if analyses
+              else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1))
+    return Request(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
+                   linear, terms)
+
+
+def _dense_rule_flops(analysis, u) -> float:
+    """The dense fallback's cost per example: forward mode over every entry of the operand."""
+    use = analysis.uses[u]
+    eqn = analysis.traced.jaxpr.jaxpr.eqns[use.eqn_index]
+    return math.prod(eqn.invars[use.operand].aval.shape) * eqn_flops(eqn)
+
+
+def _repeated_side_flops(record) -> float:
+    """FLOPs of the steps that contract x2's operands alone, in a term that pairs a use with
+    itself when x2 is x1: they repeat x1's steps on the same arrays, and XLA computes them once
+    (common subexpressions), so they cost nothing."""
+    if record["uses"][0] != record["uses"][1] or record["outputs"][0] != record["outputs"][1]:
+        return 0.0
+    sides = record["sides"]
+    steps = iter(record["path"].steps)
+    repeated = 0.0
+
+    def visit(tree) -> set:  # post-order, as the path's steps are listed
+        nonlocal repeated
+        if isinstance(tree, int):
+            return {sides[tree]}
+        members = visit(tree[0]) | visit(tree[1])
+        step = next(steps)
+        if members == {2}:
+            repeated += step[3].flops
+        return members
+
+    visit(record["path"].tree)
+    return repeated
+
+
+def record_structured(compute, config: Config, args, warn: bool = True):
+    """The structured plan's records for ``args``, or None (with a warning) when it cannot be
+    planned; a memory limit that nothing fits raises."""
+    structured = dataclasses.replace(config, method="structured", leaf_methods=None)
+    try:
+        return _plan.record(lambda *a: compute(*a, config=structured), args)
+    except PathMemoryError:
+        raise
+    except Exception as err:  # auto stays usable; the structured method reports its own errors
+        if warn:
+            warnings.warn(f"ntkc: method='auto' could not plan the structured method ({err}); "
+                          "choosing between jacobian and ntvp", stacklevel=4)
+        return None
+
+
+def resolve(req: Request, config: Config) -> Config:
+    """``config`` with ``method="auto"`` resolved: one method, or ``"mixed"`` per leaf."""
+    leaf_methods = assign(req)
+    if len(set(leaf_methods)) == 1:
+        return dataclasses.replace(config, method=leaf_methods[0], leaf_methods=None)
+    return dataclasses.replace(config, method="mixed", leaf_methods=leaf_methods)
+
+
+def method_costs(req: Request) -> dict[str, float]:
+    """Estimated FLOPs of each method alone (all leaves), and of the mixed plan when it differs."""
+    everything = range(len(req.leaf_sizes))
+    costs = {m: req.group_cost(m, everything) for m in req.methods}
+    leaf_methods = assign(req)
+    if len(set(leaf_methods)) > 1:
+        costs["mixed"] = req.cost(leaf_methods)
+    return costs
+
+
+def cotangent_cost(req: Request) -> Cost:
+    """The structured method's passes (primal and cotangents of every use), without its terms."""
+    everything = range(len(req.leaf_sizes))
+    return Cost(flops=req.group_cost("structured", everything) - sum(req.terms or ()))

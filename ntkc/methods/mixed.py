@@ -1,0 +1,48 @@
+"""A per-leaf mix of methods: each group of parameter leaves computed by its own method.
+
+Θ = Σ_leaves Θ_leaf, so a group's part is the kernel of ``f`` as a function of that group's
+leaves alone (the others held fixed), computed by the group's method; the parts add up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+
+from ntkc._problem import Problem
+
+
+def restrict(prob: Problem, leaves: list[int], method: str) -> Problem:
+    """``prob`` as a function of the parameter leaves ``leaves`` only, for ``method``."""
+    all_leaves, treedef = jax.tree.flatten(prob.params)
+
+    def f(group, x, **kwargs):
+        full = list(all_leaves)
+        for i, value in zip(leaves, group):
+            full[i] = value
+        return prob.f(jax.tree.unflatten(treedef, full), x, **kwargs)
+
+    config = dataclasses.replace(prob.config, method=method, leaf_methods=None)
+    return dataclasses.replace(prob, f=f, params=[all_leaves[i] for i in leaves], config=config)
+
+
+def kernel(prob: Problem, kernels: dict[str, Callable[[Problem], list]]) -> list:
+    """Θ per output leaf (a flat list; per-leaf lists with ``by_param``) by the mixed plan
+    ``prob.config.leaf_methods``; ``kernels`` maps each method to its kernel function."""
+    methods = prob.config.leaf_methods
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(methods):
+        groups.setdefault(m, []).append(i)
+    parts = {m: kernels[m](restrict(prob, leaves, m)) for m, leaves in groups.items()}
+    if not prob.config.by_param:
+        return [sum(parts[m][k] for m in groups) for k in range(len(prob.axes))]
+    out = []
+    for k in range(len(prob.axes)):
+        per_leaf = [None] * len(methods)
+        for m, leaves in groups.items():
+            for i, part in zip(leaves, parts[m][k]):
+                per_leaf[i] = part
+        out.append(per_leaf)
+    return out

@@ -1,0 +1,230 @@
+"""Per-leaf method choice: which of structured, jacobian and ntvp computes each parameter leaf's
+part of the kernel.
+
+The NTK is a sum over parameter leaves, so every leaf may take its own method. A method's cost on
+a group G of leaves (FLOPs, from shapes alone) has a shared part, the passes through the part of
+the linear map that G's tangents reach (a leaf near the output reaches few equations), and a part
+per leaf (the structured terms, the Jacobian contraction). Each group runs as its own program, so
+each pays its own passes: mixing pays only when it saves more than that.
+
+With ``R(G)`` the linear map's FLOPs that G reaches for one example, ``U(G)`` those of G's use
+equations (the weight-gradient products), ``s`` an output's size over the whole batch
+(``N·O``), ``K`` its kernel's entries times the traced size, ``P(G)`` G's parameter count:
+
+=========== ==============================================================================
+jacobian    s₁·R + s₂·R (one reverse pass per output entry and side) + 2·K·P(G)
+ntvp        s₂·R + N₁·s₂·R (a VJP per entry of f(x2), a JVP per such entry and x1 example;
+            N₁·s₂ → s₂ when the example axis is traced or diagonal)
+structured  s₁·(R − U) + s₂·(R − U) (cotangents, not weight gradients) + the plan's terms of G
+=========== ==============================================================================
+
+plus one primal forward pass per example and side for each group; with ``x2 = x1`` the second
+side's passes are shared where the method shares them (jacobian, structured).
+
+FLOPs are not time. Two measured corrections (bench/RESULTS.md, 2-core CPU and H100):
+per-example weight gradients of a convolution, which the jacobian method gets from ``vmap`` of
+reverse mode, run as grouped convolutions at a fraction of a matmul's rate
+(:data:`CONV_WEIGHT_GRADIENT_FACTOR`), where the structured method contracts the same numbers as
+matmuls; and another method replaces structured only when clearly cheaper
+(:data:`SWITCH_MARGIN`): its einsums are counted exactly, the others' autodiff programs only
+estimated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from ntkc._compat import Literal
+from ntkc.passes.cost import eqn_flops
+
+METHODS = ("structured", "jacobian", "ntvp")
+
+# A mixed plan runs a program per group: prefer one method unless mixing is clearly cheaper,
+# as the estimates are rough (FLOPs only).
+MIXING_MARGIN = 0.9
+# jacobian or ntvp replaces structured only below this fraction of its estimate.
+SWITCH_MARGIN = 0.8
+# Per-example convolution weight gradients by vmap(jacrev): grouped convolutions, measured
+# 2.5-4x slower than the same FLOPs as matmuls (CNN and WideResNet, CPU and H100).
+CONV_WEIGHT_GRADIENT_FACTOR = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearMap:
+    """The linear map's equations as the planner sees them.
+
+    Attributes:
+      flops: ``(E,)`` FLOPs of each tangent equation (for one example under ``vmap_axes``).
+      reach: ``(L, E)`` bool: leaf ``i``'s tangent flows through equation ``e``.
+      uses: ``(L, E)`` bool: equation ``e`` consumes leaf ``i``'s value (a use).
+      slow: ``(E,)`` extra FLOPs-equivalent of a use equation when the jacobian method computes
+        its per-example weight gradients (see :data:`CONV_WEIGHT_GRADIENT_FACTOR`).
+    """
+
+    flops: np.ndarray
+    reach: np.ndarray
+    uses: np.ndarray
+    slow: np.ndarray
+
+    @classmethod
+    def from_analysis(cls, analysis) -> "LinearMap":
+        """From ``ntkc.passes.uses.Analysis``: one forward sweep of leaf bitmasks."""
+        jaxpr = analysis.traced.jaxpr.jaxpr
+        n = analysis.traced.n_params
+        masks = {v: 1 << i for i, v in enumerate(analysis.traced.tangent_vars)}
+        flops, reached = [], []
+        for k, eqn in enumerate(jaxpr.eqns):
+            mask = 0
+            for v in eqn.invars:
+                if not isinstance(v, Literal):
+                    mask |= masks.get(v, 0)
+            if not mask:
+                continue
+            for v in eqn.outvars:
+                masks[v] = mask
+            if k not in analysis.chain_eqns:
+                flops.append((k, eqn_flops(eqn)))
+                reached.append(mask)
+        column = {k: j for j, (k, _) in enumerate(flops)}
+        cost = np.array([c for _, c in flops], float).reshape(-1)
+        reach = np.array([[bool(m >> i & 1) for m in reached] for i in range(n)], bool)
+        reach = reach.reshape(n, -1)
+        uses = np.zeros_like(reach)
+        slow = np.zeros_like(cost)
+        for use in analysis.uses:
+            if use.eqn_index is not None:
+                j = column[use.eqn_index]
+                uses[use.chain.leaf, j] = True
+                if use.primitive == "conv_general_dilated":
+                    slow[j] = (CONV_WEIGHT_GRADIENT_FACTOR - 1) * cost[j]
+        return cls(cost, reach, uses, slow)
+
+    @classmethod
+    def uniform(cls, n_leaves: int, flops: float) -> "LinearMap":
+        """Without an analysis: every leaf reaches one equation of ``flops``, no uses."""
+        return cls(np.array([flops], float), np.ones((n_leaves, 1), bool),
+                   np.zeros((n_leaves, 1), bool), np.zeros(1))
+
+    def reached(self, group: Sequence[int]) -> float:
+        return float(self.flops @ self.reach[list(group)].any(0))
+
+    def used(self, group: Sequence[int]) -> float:
+        return float(self.flops @ self.uses[list(group)].any(0))
+
+    def slow_gradients(self, group: Sequence[int]) -> float:
+        return float(self.slow @ self.uses[list(group)].any(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputShape:
+    """One output leaf, as the formulas need it.
+
+    Attributes:
+      size1, size2: the output's entries over the whole batch of x1 and of x2 (``s``).
+      contraction: the kernel's entries times the traced axes' size (``K``).
+      pairs_all: the example axis is free (every example pair) rather than traced or diagonal.
+    """
+
+    size1: int
+    size2: int
+    contraction: int
+    pairs_all: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """Everything the per-leaf costs depend on.
+
+    Attributes:
+      outputs: one :class:`OutputShape` per output leaf.
+      examples1: examples in x1 (1 without ``vmap_axes``).
+      forward1, forward2: FLOPs of one primal forward pass of one example (of the batch without
+        ``vmap_axes``) of x1 and of x2.
+      same_inputs: ``x2`` is ``x1``.
+      leaf_sizes: parameters per leaf.
+      linear: the linear map (per example of x1).
+      terms: per leaf, the FLOPs of its structured terms; None when the structured method could
+        not be planned.
+    """
+
+    outputs: tuple
+    examples1: int
+    examples2: int
+    forward1: float
+    forward2: float
+    same_inputs: bool
+    leaf_sizes: tuple
+    linear: LinearMap
+    terms: tuple | None
+
+    @property
+    def methods(self) -> tuple:
+        return METHODS if self.terms is not None else METHODS[1:]
+
+    def group_cost(self, method: str, group: Sequence[int]) -> float:
+        """Estimated FLOPs of ``method`` computing the leaves ``group``'s part of the kernel."""
+        if not group:
+            return 0.0
+        r1 = self.linear.reached(group)
+        scale = self.forward2 / self.forward1 if self.forward1 else 1.0
+        r2 = r1 * scale
+        total = self.examples1 * self.forward1 + self.examples2 * self.forward2
+        if method == "ntvp":
+            for o in self.outputs:
+                total += o.size2 * r2 + (self.examples1 if o.pairs_all else 1) * o.size2 * r1
+            return total
+        if self.same_inputs:
+            total -= self.examples2 * self.forward2
+        params = sum(self.leaf_sizes[i] for i in group)
+        if method == "structured":
+            u1 = self.linear.used(group)
+            r1, r2 = r1 - u1, (r1 - u1) * scale
+            total += sum(self.terms[i] for i in group)
+        elif method == "jacobian":
+            slow = self.linear.slow_gradients(group)
+            r1, r2 = r1 + slow, r2 + slow * scale
+        for o in self.outputs:
+            total += o.size1 * r1 + (0 if self.same_inputs else o.size2 * r2)
+            if method == "jacobian":
+                total += 2 * o.contraction * params
+        return total
+
+    def cost(self, assignment: Sequence[str]) -> float:
+        """Total estimated FLOPs of a per-leaf assignment of methods."""
+        return sum(self.group_cost(m, [i for i, a in enumerate(assignment) if a == m])
+                   for m in METHODS)
+
+
+def assign(request: Request) -> tuple[str, ...]:
+    """The per-leaf assignment: one method for all leaves unless a mix found by local search
+    (from every single-method plan) is below :data:`MIXING_MARGIN` of it.
+
+    The single method is the cheapest, except that structured is kept unless another is below
+    :data:`SWITCH_MARGIN` of it.
+    """
+    n = len(request.leaf_sizes)
+    methods = request.methods
+    single = {m: request.cost([m] * n) for m in methods}
+    chosen = min(single, key=single.get)
+    if "structured" in single and single[chosen] >= SWITCH_MARGIN * single["structured"]:
+        chosen = "structured"
+    best, best_cost = (chosen,) * n, MIXING_MARGIN * single[chosen]
+    for start in methods:
+        current, cost = [start] * n, single[start]
+        improved = True
+        while improved:
+            improved = False
+            for i in range(n):
+                for m in methods:
+                    if m == current[i]:
+                        continue
+                    trial = current[:i] + [m] + current[i + 1:]
+                    c = request.cost(trial)
+                    if c < cost * (1 - 1e-9):
+                        current, cost, improved = trial, c, True
+        if len(set(current)) > 1 and cost < best_cost:
+            best, best_cost = tuple(current), cost
+    return best
