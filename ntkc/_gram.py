@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ntkc import pipeline
 from ntkc._api import KernelFunction
+from ntkc._compat import Literal
 from ntkc._problem import Problem
 from ntkc.methods._batch import per_example_jacobians
 from ntkc.methods.jacobian import contract_jacobians
@@ -168,6 +169,7 @@ class _Factored:
         self._sides: dict = {}
         self._pairs: dict = {}
         self._template = None  # structured: a side's static part (analysis, specs)
+        self._raw_def = self._raw_shapes = None  # structured: its arrays' tree and shapes
 
     def _config(self, n1, n2=None, column_like=None):
         x2 = None if n2 is None else _like(column_like, n2)
@@ -175,34 +177,57 @@ class _Factored:
 
     # Per device: one block of examples (side), or a row block against a column block (pair).
 
-    def _side_local(self, config, params, block):
+    def _side_local(self, config, params, block, keep=None):
         prob = Problem(self.f, block, block, params, {}, {}, config)
         if self.kernel_fn.method == "jacobian":
             return per_example_jacobians(prob, 1)[0]
         side = pipeline.side(prob, 1)
         self._template = dataclasses.replace(side, factors=None, cotangents=None)
+        raw, self._raw_def = jax.tree.flatten((side.factors, side.cotangents))
         if not self.hoist:
-            return side.factors, side.cotangents, None
+            return raw, None
         n = _num_examples(block, "block")
         with hoisting(Hoist()) as hoist:  # the block against itself; only the local steps are kept
             pipeline.combine(self._config(n, n, self.like1), self.n_params, side, side)
-        return side.factors, side.cotangents, (hoist.collected[1], hoist.collected[2])
+        if keep is not None:  # arrays that only hoisted steps read are not kept (see _keep)
+            raw = [a if k else None for a, k in zip(raw, keep)]
+        return raw, (hoist.collected[1], hoist.collected[2])
+
+    def _unpack(self, s):
+        """A structured side's arrays as a Side; a dropped array becomes zeros that nothing reads."""
+        raw = s[0] if self._raw_shapes is None else [
+            jnp.zeros(like.shape, like.dtype) if a is None else a
+            for a, like in zip(s[0], self._raw_shapes)]
+        factors, cotangents = jax.tree.unflatten(self._raw_def, raw)
+        return dataclasses.replace(self._template, factors=factors, cotangents=cotangents)
 
     def _pair_local(self, config, params, s1, s2) -> list:
         if self.kernel_fn.method == "jacobian":
             out = contract_jacobians(s1, s2, config.axes[0], config.by_param)
         elif self.factored:
-            side1, side2 = (dataclasses.replace(self._template, factors=s[0], cotangents=s[1])
-                            for s in (s1, s2))
+            side1, side2 = self._unpack(s1), self._unpack(s2)
             if not self.hoist:
                 out = pipeline.combine(config, self.n_params, side1, side2)[0]
             else:
-                with hoisting(Hoist({1: s1[2][0], 2: s2[2][1]})) as hoist:
+                with hoisting(Hoist({1: s1[1][0], 2: s2[1][1]})) as hoist:
                     out = pipeline.combine(config, self.n_params, side1, side2)[0]
                 hoist.check_used()
         else:
             out = self.kernel_fn(s1, s2, params)
         return jax.tree.leaves(out)  # one tile, or one per params leaf (by_param)
+
+    def _keep(self, config, n, block) -> list[bool]:
+        """Which of a side's factor and cotangent arrays the tile program reads (as a row or as
+        a column); the rest feed hoisted steps only and need not be kept (nor cached)."""
+        local = jax.tree.map(lambda l: jax.ShapeDtypeStruct((n,) + l.shape[1:], l.dtype), block)
+        shapes = jax.eval_shape(functools.partial(self._side_local, config), self.params, local)
+        self._raw_shapes = shapes[0]
+        pair = functools.partial(self._pair_local, self._config(n, n, self.like1))
+        live = _live_inputs(jax.make_jaxpr(pair)(self.params, shapes, shapes).jaxpr)
+        n_params, n_side, n_raw = self.n_params, len(jax.tree.leaves(shapes)), len(shapes[0])
+        rows = live[n_params:n_params + n_raw]
+        columns = live[n_params + n_side:n_params + n_side + n_raw]
+        return [r or c for r, c in zip(rows, columns)]
 
     def side(self, block):
         """The side of ``block`` (examples sharded over the mesh), computed on the devices."""
@@ -211,7 +236,9 @@ class _Factored:
         n = _num_examples(block, "block") // self.mesh.size
         fn = self._sides.get(n)
         if fn is None:
-            local = functools.partial(self._side_local, self._config(n))
+            config = self._config(n)
+            keep = self._keep(config, n, block) if self.hoist else None
+            local = functools.partial(self._side_local, config, keep=keep)
             if self.mesh.size > 1:
                 local = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(_AXIS)),
                                       out_specs=P(_AXIS), check_vma=False)
@@ -243,6 +270,15 @@ def _strip(pair, d, params, rows, columns):
     tiles = jax.lax.map(lambda c: pair(params, rows, c), chunks)  # each (d, n1, n2/d, ...)
     return [jnp.moveaxis(t, 0, 1).reshape((t.shape[1], d * t.shape[2]) + t.shape[3:])
             for t in tiles]
+
+
+def _live_inputs(jaxpr) -> list[bool]:
+    """Per input variable of ``jaxpr``: whether an output depends on it (backward liveness)."""
+    live = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            live.update(v for v in eqn.invars if not isinstance(v, Literal))
+    return [v in live for v in jaxpr.invars]
 
 
 def _block(x, start, size, n):

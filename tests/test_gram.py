@@ -33,6 +33,19 @@ def test_tiles_equal_the_one_shot_kernel(trace_axes, method, symmetric):
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-12)
 
 
+def test_blocks_of_different_sizes_need_no_hoisting(monkeypatch):
+    hoists = []
+    init = _gram._Factored.__init__
+    monkeypatch.setattr(_gram._Factored, "__init__",
+                        lambda self, *a, **k: init(self, *a, **k) or hoists.append(self.hoist))
+    x2 = X2[:2]  # blocks of 3 rows and 2 columns: their paths differ, nothing is hoisted
+    got = ntkc.gram(f, PARAMS, X1, x2, batch_size=3, progress=False, method="structured")
+    want = ntkc.ntk_fn(f, vmap_axes=0, method="structured")(X1, x2, PARAMS)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-12)
+    ntkc.gram(f, PARAMS, X1, X2, batch_size=3, progress=False, method="structured")
+    assert hoists == [False, True]
+
+
 @pytest.mark.parametrize("method", ["structured", "ntvp"])
 def test_diagonal_output_axis_is_mirrored_once(method):
     g = lambda p, x: jnp.stack([f(p, x), 2 * f(p, x)], axis=1)  # (N, 2, O)
