@@ -9,7 +9,8 @@ interrupted run resumes where it stopped.
 
 Factor reuse: the structured and jacobian methods split into a per-example *side* (structured:
 each use's factors and output cotangents; jacobian: the per-example Jacobians), computed once per
-block of examples, and a *pair* function contracting two sides into a tile. Sides live in a
+block of examples, and a *pair* function contracting two sides into a tile (structured: also
+the contraction steps on one side's operands alone, see ``ntkc.passes.hoist``). Sides live in a
 least-recently-used cache bounded in bytes, so a block's side is computed once when all fit, and
 otherwise once per row plus once per cache miss as a column. Devices: a block holds
 ``batch_size`` examples per device, sharded over a 1-D mesh (``jax.shard_map``); each device
@@ -187,8 +188,9 @@ class _Factored:
         if not self.hoist:
             return raw, None
         n = _num_examples(block, "block")
+        tile = self._config(n, n, self.like1)  # outside: resolving it may trace other programs
         with hoisting(Hoist()) as hoist:  # the block against itself; only the local steps are kept
-            pipeline.combine(self._config(n, n, self.like1), self.n_params, side, side)
+            pipeline.combine(tile, self.n_params, side, side)
         if keep is not None:  # arrays that only hoisted steps read are not kept (see _keep)
             raw = [a if k else None for a, k in zip(raw, keep)]
         return raw, (hoist.collected[1], hoist.collected[2])
