@@ -103,7 +103,6 @@ def _choose_batch_size(kernel_fn, params, x1, n, memory_limit) -> int:
     return size
 
 
-
 def _nbytes(tree) -> int:
     return sum(int(l.nbytes) for l in jax.tree.leaves(tree))
 
