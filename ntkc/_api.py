@@ -23,7 +23,7 @@ from ntkc import _plan, pipeline
 from ntkc.ir import Plan
 from ntkc.passes.cost import Cost
 from ntkc.passes.path import PathMemoryError
-from ntkc import _auto
+from ntkc import _auto, _split
 from ntkc.methods import jacobian, mixed, ntvp
 
 METHODS = ("auto", "structured", "jacobian", "ntvp")
@@ -348,8 +348,11 @@ def ntk_fn(
         interact, so that Jacobians are computed per example.
       method: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"``.
       strict: raise instead of falling back to a dense rule for a primitive with no rule.
-      memory_limit: bytes that no contraction step of the structured method may exceed; the
-        planner picks contraction orders that fit, or raises ``PathMemoryError``.
+      memory_limit: bytes the program's working set may take (estimated from shapes: the
+        per-example Jacobians, the VJPs, or the structured operands and largest step; the
+        kernel itself not counted). The planner picks contraction orders whose every step fits,
+        a method that fits (``"auto"``), or else computes the kernel in blocks of examples that
+        fit (under ``vmap_axes``); ``PathMemoryError`` when nothing does.
       by_param: return each parameter leaf's contribution instead of their sum: per output
         leaf, a pytree shaped like ``params`` whose leaves sum to the kernel.
 
@@ -430,15 +433,26 @@ class KernelFunction:
         )
         if not isinstance(method, str):
             config = _per_leaf_methods(config, method, params)
-        elif method == "auto":
+        if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
-            config = _auto.resolve(_request(f, config, args), config)
+            req = _request(f, config, args)
+            if method == "auto":
+                resolved = _auto.resolve(req, config)
+                if resolved is None:
+                    raise _split.NoFit(config, "no method's estimated working set fits")
+                config = resolved
+            else:
+                assignment = config.leaf_methods or (config.method,) * len(req.leaf_sizes)
+                peak = req.peak(assignment)
+                if peak > self.memory_limit or ("structured" in assignment and req.terms is None):
+                    raise _split.NoFit(config, f"method {config.method!r} needs about "
+                                       f"{peak:.3g} bytes for the whole batch")
         return config
 
-    def prepare(self, x1, x2, params, **kwargs):
-        """Checks the arguments; returns ``(config, args)`` such that
-        ``_compute(f, *args, config=config)`` is the kernel."""
+    @staticmethod
+    def _parse(x1, x2, kwargs):
+        """``(x2, kwargs1, kwargs2, read_rng)``: keyword arguments split between the sides."""
         if x1 is None:
             raise ValueError("x1 is None; pass the inputs as x1 (x2=None means x2 = x1)")
         read_rng = None
@@ -448,18 +462,69 @@ class KernelFunction:
         kwargs1, kwargs2, differ = split_kwargs(kwargs, x2 is None)
         if x2 is None and differ:  # the two sides differ by their keyword arguments
             x2 = x1
+        return x2, kwargs1, kwargs2, read_rng
+
+    def prepare(self, x1, x2, params, **kwargs):
+        """Checks the arguments; returns ``(config, args)`` such that
+        ``_compute(f, *args, config=config)`` is the kernel (``config.block``: computed in
+        blocks of that many examples, see ``__call__``)."""
+        x2, kwargs1, kwargs2, read_rng = self._parse(x1, x2, kwargs)
         dyn1, static1 = split_static(kwargs1, "kwargs")
         dyn2, static2 = split_static(kwargs2, "kwargs")
         key = (_signature((x1, x2, params, dyn1, dyn2)), static1, static2, read_rng)
         config = self._configs.get(key)
         if config is None:
-            config = self._resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
+            try:
+                config = self._resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
+            except _split.NoFit as err:
+                config = self._block_config(err, x1, x2, params, kwargs)
             config = self._configs[key] = dataclasses.replace(config, read_rng=read_rng)
         return config, (x1, x2, params, dyn1, dyn2)
 
+    def _block_config(self, err, x1, x2, params, kwargs) -> Config:
+        """The largest block of examples (halving) for which a method fits ``memory_limit``."""
+        _split.check_splittable(err.config, kwargs, err.why, self.memory_limit)
+        batching = err.config.batching
+        size = max(batching.size1, batching.size2)
+        while size > 1:
+            size = (size + 1) // 2
+            xa, kwa = _split.take(x1, kwargs, batching.inputs, 0, size)
+            # x2 = x1 still pairs different blocks: check the costlier case of distinct inputs
+            xb = _split.take(x1 if x2 is None else x2, kwargs, batching.inputs, 0, size)[0]
+            xb, kw1, kw2, _ = self._parse(xa, xb, kwa)
+            try:
+                self._resolve(xa, xb, params, kw1, kw2, split_static(kw1, "kwargs")[1],
+                              split_static(kw2, "kwargs")[1])
+            except _split.NoFit:
+                continue
+            return dataclasses.replace(err.config, method="blocks", block=size)
+        raise PathMemoryError(f"memory_limit={self.memory_limit}: {err.why}, and not even for "
+                              "one example at a time")
+
     def __call__(self, x1, x2, params, **kwargs):
         config, args = self.prepare(x1, x2, params, **kwargs)
+        if config.block:
+            return self._blockwise(config, x1, x2, params, kwargs)
         return self._jitted(*args, config=config)
+
+    def _blockwise(self, config, x1, x2, params, kwargs):
+        """The kernel from blocks of ``config.block`` examples, each a call that fits."""
+        batching = config.batching
+        rows = _split.blocks(batching.size1, config.block)
+        cols = rows if x2 is None else _split.blocks(batching.size2, config.block)
+        every_pair = any(batching.outputs[k] in a.free for k, a in enumerate(config.axes))
+        grid = {}
+        for i, (a0, a1) in enumerate(rows):
+            xa, kwa = _split.take(x1, kwargs, batching.inputs, a0, a1)
+            for j, (b0, b1) in enumerate(cols):
+                if i != j and not every_pair:
+                    continue
+                if x2 is None and i == j:
+                    grid[i, j] = self(xa, None, params, **kwa)
+                    continue
+                xb, kwb = _split.take(x1 if x2 is None else x2, kwargs, batching.inputs, b0, b1)
+                grid[i, j] = self(xa, xb, params, **{k: (kwa[k], kwb[k]) for k in kwargs})
+        return _split.assemble(config, grid, rows, cols)
 
 
 def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
@@ -503,26 +568,32 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     kwargs = dict(kwargs or {})
     check_method(method)
     options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes,
-                   strict=strict, memory_limit=memory_limit)
+                   strict=strict)
+    chosen = KernelFunction(f, method=method, memory_limit=memory_limit, **options).prepare(
+        x1, x2, params, **kwargs)[0]
+    blocks = ""
+    if chosen.block:  # the plan of one block: what each call of the split kernel runs
+        x1 = _split.take(x1, kwargs, chosen.batching.inputs, 0, chosen.block)[0]
+        x2 = None if x2 is None else _split.take(x2, kwargs, chosen.batching.inputs, 0,
+                                                 chosen.block)[0]
+        kwargs = _split.take(x1, kwargs, chosen.batching.inputs, 0, chosen.block)[1]
+        chosen = KernelFunction(f, method=method, memory_limit=memory_limit, **options).prepare(
+            x1, x2, params, **kwargs)[0]
+        blocks = f" in blocks of {chosen.batching.size1} examples"
     structured = KernelFunction(f, method="structured", **options)
     config, args = structured.prepare(x1, x2, params, **kwargs)
+    config = dataclasses.replace(config, memory_limit=memory_limit)
     records = _plan.record(functools.partial(_compute, f, config=config), args)
     req = _auto.request(f, config, params, x1, x1 if x2 is None else x2,
                         merge_kwargs(config.static_kwargs1, args[3]),
                         merge_kwargs(config.static_kwargs2, args[4]), records)
-    if method == "auto":
-        chosen = _auto.resolve(req, config)
-    elif isinstance(method, str):
-        chosen = dataclasses.replace(config, method=method)
-    else:
-        chosen = _per_leaf_methods(config, method, params)
     outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
     output_names = [jax.tree_util.keystr(p) or "output"
                     for p, _ in jax.tree_util.tree_flatten_with_path(outputs)[0]]
     leaf_names = [jax.tree_util.keystr(p) or "params"
                   for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     leaf_methods = chosen.leaf_methods or (chosen.method,) * len(leaf_names)
-    return _plan.build_plan(records, _auto.cotangent_cost(req), chosen.method,
+    return _plan.build_plan(records, _auto.cotangent_cost(req), chosen.method + blocks,
                             [a.kernel_shape for a in config.axes], output_names, leaf_names,
                             dict(zip(leaf_names, leaf_methods)), _auto.method_costs(req))
 

@@ -58,8 +58,28 @@ def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records) -> Req
         terms = tuple(terms)
     linear = (LinearMap.from_analysis(analyses[0]) if analyses
               else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1))
+    itemsize = max(jax.numpy.dtype(l.dtype).itemsize for l in jax.tree.leaves(params))
     return Request(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
-                   linear, terms)
+                   linear, terms, itemsize,
+                   None if records is None else _structured_bytes(records, itemsize,
+                                                                  config.x2_is_x1))
+
+
+def _structured_bytes(records, itemsize, same_inputs) -> float:
+    """Every side's distinct operands (cotangents, factors) plus the largest contraction step
+    (x2's operands are x1's when x2 is x1)."""
+    operands, step = {}, 0.0
+    for r in records:
+        if r.get("kind") != "term":
+            continue
+        step = max(step, r["path"].cost.peak)
+        for position, (labels, side) in enumerate(zip(r["labels"], r["sides"])):
+            if side in (1, 2):
+                first = r["sides"].index(side)
+                key = (1 if same_inputs else side, r["uses"][side - 1], r["outputs"][side - 1],
+                       position - first)
+                operands[key] = math.prod(r["sizes"][l] for l in labels) * itemsize
+    return sum(operands.values()) + step
 
 
 def _dense_rule_flops(analysis, u) -> float:
@@ -94,13 +114,13 @@ def _repeated_side_flops(record) -> float:
 
 
 def record_structured(compute, config: Config, args, warn: bool = True):
-    """The structured plan's records for ``args``, or None (with a warning) when it cannot be
-    planned; a memory limit that nothing fits raises."""
+    """The structured plan's records for ``args``, or None when it cannot be planned (with a
+    warning, unless no contraction order fits ``memory_limit``)."""
     structured = dataclasses.replace(config, method="structured", leaf_methods=None)
     try:
         return _plan.record(lambda *a: compute(*a, config=structured), args)
     except PathMemoryError:
-        raise
+        return None  # no contraction order fits memory_limit: the structured method is out
     except Exception as err:  # auto stays usable; the structured method reports its own errors
         if warn:
             warnings.warn(f"ntkc: method='auto' could not plan the structured method ({err}); "
@@ -108,9 +128,12 @@ def record_structured(compute, config: Config, args, warn: bool = True):
         return None
 
 
-def resolve(req: Request, config: Config) -> Config:
-    """``config`` with ``method="auto"`` resolved: one method, or ``"mixed"`` per leaf."""
-    leaf_methods = assign(req)
+def resolve(req: Request, config: Config) -> Config | None:
+    """``config`` with ``method="auto"`` resolved: one method, or ``"mixed"`` per leaf; None
+    when nothing fits ``config.memory_limit``."""
+    leaf_methods = assign(req, config.memory_limit)
+    if leaf_methods is None:
+        return None
     if len(set(leaf_methods)) == 1:
         return dataclasses.replace(config, method=leaf_methods[0], leaf_methods=None)
     return dataclasses.replace(config, method="mixed", leaf_methods=leaf_methods)

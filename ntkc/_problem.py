@@ -49,6 +49,7 @@ class Config:
     by_param: bool = False  # per parameter leaf kernels, a pytree shaped like params
     read_rng: str | None = None  # "key" or "pair": derive x2's key (see _api.read_keys)
     leaf_methods: tuple[str, ...] | None = None  # method "mixed": the method of each params leaf
+    block: int | None = None  # method "blocks": examples per block under memory_limit
 
 
 def merge_kwargs(static, dynamic_leaves):

@@ -148,6 +148,9 @@ class Request:
       linear: the linear map (per example of x1).
       terms: per leaf, the FLOPs of its structured terms; None when the structured method could
         not be planned.
+      itemsize: bytes per number.
+      structured_bytes: the structured program's working set: every side's operands (cotangents,
+        factors) and the largest contraction step.
     """
 
     outputs: tuple
@@ -159,6 +162,8 @@ class Request:
     leaf_sizes: tuple
     linear: LinearMap
     terms: tuple | None
+    itemsize: int = 4
+    structured_bytes: float | None = None
 
     @property
     def methods(self) -> tuple:
@@ -192,28 +197,52 @@ class Request:
                 total += 2 * o.contraction * params
         return total
 
+    def memory(self, method: str, group: Sequence[int]) -> float:
+        """Estimated working-set bytes of ``method`` on the leaves ``group`` (the kernel itself
+        not counted): the per-example Jacobians (jacobian), the VJPs of every entry of f(x2)
+        (ntvp), the structured program's operands and largest step."""
+        if not group:
+            return 0.0
+        if method == "structured":
+            return self.structured_bytes or 0.0
+        params = sum(self.leaf_sizes[i] for i in group)
+        entries = sum(o.size2 + (o.size1 if method == "jacobian" and not self.same_inputs else 0)
+                      for o in self.outputs)
+        return float(entries * params * self.itemsize)
+
+    def peak(self, assignment: Sequence[str]) -> float:
+        """Estimated working set of an assignment: its groups' together (one program)."""
+        return sum(self.memory(m, [i for i, a in enumerate(assignment) if a == m])
+                   for m in METHODS)
+
     def cost(self, assignment: Sequence[str]) -> float:
         """Total estimated FLOPs of a per-leaf assignment of methods."""
         return sum(self.group_cost(m, [i for i, a in enumerate(assignment) if a == m])
                    for m in METHODS)
 
 
-def assign(request: Request) -> tuple[str, ...]:
+def assign(request: Request, memory_limit: float | None = None) -> tuple[str, ...] | None:
     """The per-leaf assignment: one method for all leaves unless a mix found by local search
     (from every single-method plan) is below :data:`MIXING_MARGIN` of it.
 
     The single method is the cheapest, except that structured is kept unless another is below
-    :data:`SWITCH_MARGIN` of it.
+    :data:`SWITCH_MARGIN` of it. With ``memory_limit`` only assignments whose estimated working
+    set fits are considered; None when none does.
     """
     n = len(request.leaf_sizes)
     methods = request.methods
-    single = {m: request.cost([m] * n) for m in methods}
-    chosen = min(single, key=single.get)
-    if "structured" in single and single[chosen] >= SWITCH_MARGIN * single["structured"]:
-        chosen = "structured"
-    best, best_cost = (chosen,) * n, MIXING_MARGIN * single[chosen]
+    fits = lambda a: memory_limit is None or request.peak(a) <= memory_limit
+    single = {m: request.cost([m] * n) for m in methods if fits([m] * n)}
+    best, best_cost = None, float("inf")
+    if single:
+        chosen = min(single, key=single.get)
+        if "structured" in single and single[chosen] >= SWITCH_MARGIN * single["structured"]:
+            chosen = "structured"
+        best, best_cost = (chosen,) * n, MIXING_MARGIN * single[chosen]
     for start in methods:
-        current, cost = [start] * n, single[start]
+        current, cost = [start] * n, request.cost([start] * n)
+        if not fits(current):
+            continue
         improved = True
         while improved:
             improved = False
@@ -223,7 +252,7 @@ def assign(request: Request) -> tuple[str, ...]:
                         continue
                     trial = current[:i] + [m] + current[i + 1:]
                     c = request.cost(trial)
-                    if c < cost * (1 - 1e-9):
+                    if c < cost * (1 - 1e-9) and fits(trial):
                         current, cost, improved = trial, c, True
         if len(set(current)) > 1 and cost < best_cost:
             best, best_cost = tuple(current), cost
