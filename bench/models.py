@@ -175,4 +175,24 @@ def mixer(n=8, outputs=10, tokens=16, dim=64, layers=2, seed=0):
     return f, params, _normal(rng, (n, tokens, patch), 1.0)
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "wrn": wide_resnet, "vit": vit, "mixer": mixer}
+def rnn(n=16, outputs=10, hidden=64, steps=8, features=8, width=1024, seed=0):
+    """A tanh RNN (its weights enter a ``scan``: no structured rule) with a wide dense head:
+    the case where computing each parameter leaf by its own method pays."""
+    rng = np.random.default_rng(seed)
+    params = {"u": _normal(rng, (hidden, hidden), hidden**-0.5),
+              "w_in": _normal(rng, (features, hidden), features**-0.5),
+              "w1": _normal(rng, (hidden, width), hidden**-0.5),
+              "w2": _normal(rng, (width, outputs), width**-0.5)}
+
+    def f(params, x):  # x: (N, steps, features)
+        def step(h, xt):
+            return jnp.tanh(h @ params["u"] + xt @ params["w_in"]), None
+
+        h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
+        h, _ = jax.lax.scan(step, h0, jnp.swapaxes(x, 0, 1))
+        return jnp.tanh(h @ params["w1"]) @ params["w2"]
+
+    return f, params, _normal(rng, (n, steps, features), 1.0)
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "wrn": wide_resnet, "vit": vit, "mixer": mixer, "rnn": rnn}

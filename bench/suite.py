@@ -29,7 +29,7 @@ from ntkc import _api
 
 from bench.models import MODELS
 
-DEFAULT_N = {"mlp": 32, "cnn": 16, "wrn": 8, "vit": 8, "mixer": 8}
+DEFAULT_N = {"mlp": 32, "cnn": 16, "wrn": 8, "vit": 8, "mixer": 8, "rnn": 16}
 METHODS = ("jacobian", "ntvp", "structured", "auto")
 
 
