@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from ntkc._api import KernelFunction, _compute
+from ntkc.passes.cost import Cost
 from ntkc._api import plan as _plan_fn
 
 MAGIC = b"\x89NTKC\r\n\x1a"
@@ -226,8 +227,9 @@ class CompiledCost:
     """ntkc's estimate next to XLA's cost analysis of the compiled program.
 
     Attributes:
-      estimate: ntkc's :class:`ntkc.Cost` of the structured plan (``plan.cost``: cotangent passes
-        plus every contraction term), as the planner sees it.
+      estimate: ntkc's :class:`ntkc.Cost` of the program, as the planner sees it: for the
+        structured method ``plan.cost`` (cotangent passes plus every contraction term), for the
+        others (and a per-leaf mix) the FLOPs that ``method="auto"`` compared.
       method: the method the program runs (``method="auto"`` resolved).
       xla: XLA's ``compiled.cost_analysis()`` normalized to a flat ``{name: float}`` dict
         (``"flops"``, ``"bytes accessed"``, ...); empty where the backend gives none.
@@ -303,6 +305,10 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
     a1, a2, ap = _abstract(x1), (None if x2 is None else _abstract(x2)), _abstract(params)
     kfn = KernelFunction(f, **options)
     config, args = kfn.prepare(a1, a2, ap, **kwargs)
+    if config.block:
+        raise ValueError(f"memory_limit={memory_limit}: the kernel for these shapes is computed "
+                         f"in blocks of {config.block} examples, which one compiled program "
+                         f"cannot hold; compile for {config.block} examples a side instead")
     _, args_x2, _, dyn1, dyn2 = args
     # prepare may set x2 = x1 (x2=None with kwargs that differ per side): the program then takes
     # x1's leaves for x2.
@@ -370,7 +376,10 @@ class Compiled:
             analysis = self.executable.cost_analysis()
         except Exception:  # a backend without cost analysis
             analysis = None
-        return CompiledCost(self.plan.cost, self.method, _normalize_cost_analysis(analysis))
+        estimate = self.plan.cost
+        if self.method != "structured":  # only FLOPs are estimated for the other methods
+            estimate = Cost(flops=self.plan.method_costs.get(self.method, float("nan")))
+        return CompiledCost(estimate, self.method, _normalize_cost_analysis(analysis))
 
     def as_text(self) -> str:
         """The lowered program as StableHLO text."""

@@ -26,10 +26,17 @@ class NoFit(Exception):
 def take(x, kwargs: dict, axes, start: int, stop: int):
     """Examples ``start:stop`` of ``(x, kwargs)`` along their batch ``axes`` (None: unbatched)."""
     leaves, treedef = jax.tree.flatten((x, kwargs))
-    sliced = [leaf if ax is None else jax.lax.slice_in_dim(jnp.asarray(leaf), start,
-                                                          min(stop, jnp.shape(leaf)[ax]), axis=ax)
-              for leaf, ax in zip(leaves, axes)]
-    return jax.tree.unflatten(treedef, sliced)
+    return jax.tree.unflatten(treedef, [leaf if ax is None else _slice(leaf, ax, start, stop)
+                                        for leaf, ax in zip(leaves, axes)])
+
+
+def _slice(leaf, axis, start, stop):
+    stop = min(stop, jnp.shape(leaf)[axis])
+    if isinstance(leaf, jax.ShapeDtypeStruct):  # ntkc.compile's abstract inputs
+        shape = list(leaf.shape)
+        shape[axis] = stop - start
+        return jax.ShapeDtypeStruct(tuple(shape), leaf.dtype)
+    return jax.lax.slice_in_dim(jnp.asarray(leaf), start, stop, axis=axis)
 
 
 def check_splittable(config: Config, kwargs: dict, why: str, limit: int) -> None:

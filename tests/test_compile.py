@@ -275,3 +275,12 @@ def test_bad_files(saved, tmp_path):
         with pytest.raises(ValueError, match=message) as err:
             ntkc.load(bad)
         assert str(bad) in str(err.value), name
+
+
+def test_cost_estimate_is_the_running_method_s():
+    f, params, x1, _ = models.mlp()
+    structured = ntkc.compile(f, x1, None, params, vmap_axes=0, method="structured")
+    jacobian = ntkc.compile(f, x1, None, params, vmap_axes=0, method="jacobian")
+    assert structured.cost.estimate == structured.plan.cost
+    assert jacobian.cost.estimate_flops == jacobian.plan.method_costs["jacobian"]
+    assert jacobian.cost.estimate_flops != structured.cost.estimate_flops

@@ -100,3 +100,9 @@ def test_what_cannot_be_split_is_refused_clearly():
     with pytest.raises(ntkc.PathMemoryError, match="rng"):
         ntkc.ntk_fn(noisy, vmap_axes=(0, 0, {"rng": None}), method="jacobian",
                     memory_limit=LIMIT)(X1, X2, PARAMS, rng=jax.random.PRNGKey(0))
+
+
+def test_compile_refuses_a_split_and_names_the_block():
+    with pytest.raises(ValueError, match="compile for [0-9]+ examples a side"):
+        ntkc.compile(f, jax.ShapeDtypeStruct(X1.shape, X1.dtype), None, PARAMS, vmap_axes=0,
+                     method="jacobian", memory_limit=LIMIT)
