@@ -31,10 +31,10 @@ def _dense(p, x):
     return x @ p["w"] + _row(p["b"], x.ndim)
 
 
-def mlp(n=32, outputs=10, width=512, depth=3, seed=0):
-    """MLP 784-width^depth-outputs, ReLU (the paper's fully-connected case: 932k params)."""
+def mlp(n=32, outputs=10, width=512, depth=3, seed=0, inputs=784):
+    """MLP inputs-width^depth-outputs, ReLU (784: the paper's fully-connected case, 932k params)."""
     rng = np.random.default_rng(seed)
-    sizes = [784] + [width] * depth + [outputs]
+    sizes = [inputs] + [width] * depth + [outputs]
     params = [_dense_init(rng, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
 
     def f(params, x):
@@ -42,7 +42,7 @@ def mlp(n=32, outputs=10, width=512, depth=3, seed=0):
             x = jax.nn.relu(_dense(p, x))
         return _dense(params[-1], x)
 
-    return f, params, _normal(rng, (n, 784), 1.0)
+    return f, params, _normal(rng, (n, inputs), 1.0)
 
 
 def _conv(x, w, stride=1):

@@ -1,7 +1,7 @@
 """Scaling of each method on the MLP: run time as the width grows and as the number of examples grows.
 
     python -m bench --scaling [--methods jacobian,ntvp,structured] [--widths 64,128,...] [--n 8]
-                              [--ns 4,8,...] [--width 512] [--outputs 10] [--trace both|traced|untraced]
+                              [--ns 4,8,...] [--width 512] [--outputs 10] [--inputs 784] [--trace both|traced|untraced]
                               [--repeats 3] [--max-bytes 4GiB] [--point-budget 60]
                               [--noise-floor 0.001] [--json FILE] [--no-plot]
 
@@ -156,7 +156,8 @@ def measure(f, params, x, method, trace_axes, repeats, max_bytes, point_budget_s
             "budget_hit": len(times) < repeats or sum(times) >= point_budget_s}
 
 
-def sweep(name, values, fixed, methods, traces, outputs, repeats, max_bytes, point_budget_s, log=print):
+def sweep(name, values, fixed, methods, traces, outputs, repeats, max_bytes, point_budget_s, log=print,
+          inputs=INPUTS):
     """Points of one sweep: ``name`` is "width" (values are widths, ``fixed`` is N) or "n"."""
     from bench.models import mlp
 
@@ -164,7 +165,7 @@ def sweep(name, values, fixed, methods, traces, outputs, repeats, max_bytes, poi
     points = []
     for value in sorted(values):
         width, n = (value, fixed) if name == "width" else (fixed, value)
-        n_params = mlp_params(width, outputs)
+        n_params = mlp_params(width, outputs, inputs=inputs)
         estimate = jacobian_bytes(n, outputs, n_params)
         model = None
         for trace_axes in traces:
@@ -180,7 +181,7 @@ def sweep(name, values, fixed, methods, traces, outputs, repeats, max_bytes, poi
                                                           f"> max-bytes {max_bytes / 2**30:.2f} GiB")
                 else:
                     if model is None:
-                        model = mlp(n=n, outputs=outputs, width=width, depth=DEPTH)
+                        model = mlp(n=n, outputs=outputs, width=width, depth=DEPTH, inputs=inputs)
                     f, params, x = model
                     try:
                         point.update(measure(f, params, x, method, trace_axes, repeats, max_bytes,
@@ -211,7 +212,7 @@ POINT_HEADER = (f"{'sweep':<6}{'width':>6}{'N':>5}{'params':>12}  {'method':<11}
 
 def run(methods=DEFAULT_METHODS, widths=DEFAULT_WIDTHS, n=DEFAULT_N, ns=DEFAULT_NS, width=DEFAULT_WIDTH,
         outputs=10, traces=((), (-1,)), repeats=3, max_bytes=4 * 2**30, point_budget_s=60.0,
-        noise_floor=1e-3, log=print) -> dict:
+        noise_floor=1e-3, log=print, inputs=INPUTS) -> dict:
     """Both sweeps and their fits, as the JSON report."""
     import jax
     import ntkc
@@ -219,7 +220,7 @@ def run(methods=DEFAULT_METHODS, widths=DEFAULT_WIDTHS, n=DEFAULT_N, ns=DEFAULT_
     traces = [tuple(t) for t in traces]
     device = jax.devices()[0].device_kind
     log(f"ntkc {ntkc.__version__}, JAX {jax.__version__}, {device} ({platform.machine()}, "
-        f"{os.cpu_count()} CPUs); MLP {INPUTS}-width^{DEPTH}-{outputs}, float32, vmap_axes=0")
+        f"{os.cpu_count()} CPUs); MLP {inputs}-width^{DEPTH}-{outputs}, float32, vmap_axes=0")
     log(f"width sweep {list(widths)} at N={n}; N sweep {list(ns)} at width={width}; "
         f"{repeats} timed runs per point; max-bytes {max_bytes / 2**30:.2f} GiB; "
         f"point budget {point_budget_s:g} s\n")
@@ -227,7 +228,7 @@ def run(methods=DEFAULT_METHODS, widths=DEFAULT_WIDTHS, n=DEFAULT_N, ns=DEFAULT_
     start = time.perf_counter()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     common = dict(methods=methods, traces=traces, outputs=outputs, repeats=repeats,
-                  max_bytes=max_bytes, point_budget_s=point_budget_s, log=log)
+                  max_bytes=max_bytes, point_budget_s=point_budget_s, log=log, inputs=inputs)
     points = sweep("width", widths, n, **common) + sweep("n", ns, width, **common)
     fits = fit_curves(points, noise_floor)
     report = {
@@ -238,9 +239,9 @@ def run(methods=DEFAULT_METHODS, widths=DEFAULT_WIDTHS, n=DEFAULT_N, ns=DEFAULT_
         "device": device,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "model": f"bench.models.mlp {INPUTS}-width^{DEPTH}-{outputs}, ReLU, float32, vmap_axes=0",
+        "model": f"bench.models.mlp {inputs}-width^{DEPTH}-{outputs}, ReLU, float32, vmap_axes=0",
         "settings": {"methods": list(methods), "widths": sorted(widths), "n": n, "ns": sorted(ns),
-                     "width": width, "outputs": outputs, "traces": [list(t) for t in traces],
+                     "width": width, "outputs": outputs, "inputs": inputs, "traces": [list(t) for t in traces],
                      "repeats": repeats, "max_bytes": max_bytes, "point_budget_s": point_budget_s,
                      "noise_floor_s": noise_floor},
         "wall_s": time.perf_counter() - start,
@@ -321,7 +322,7 @@ def plot(report, path) -> pathlib.Path | None:
         else:
             ax.text(0.5, 0.5, "no measured points", ha="center", va="center", transform=ax.transAxes)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"ntkc {report['ntkc']} MLP {INPUTS}-width^{DEPTH}-{s['outputs']}, {report['device']}, "
+    fig.suptitle(f"ntkc {report['ntkc']} MLP {s.get('inputs', INPUTS)}-width^{DEPTH}-{s['outputs']}, {report['device']}, "
                  f"JAX {report['jax']}")
     path = pathlib.Path(path)
     fig.savefig(path, dpi=110)
@@ -356,6 +357,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ns", type=_ints, default=list(DEFAULT_NS), help="examples of the N sweep (--ns= skips it)")
     ap.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="width in the N sweep")
     ap.add_argument("--outputs", type=int, default=10)
+    ap.add_argument("--inputs", type=int, default=INPUTS,
+                    help="input features (small: the parameters grow like width², as in the paper)")
     ap.add_argument("--trace", choices=tuple(TRACES), default="both")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per point after compilation")
     ap.add_argument("--max-bytes", type=parse_bytes, default=4 * 2**30,
@@ -378,7 +381,8 @@ def default_path(report) -> pathlib.Path:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     report = run(args.methods, args.widths, args.n, args.ns, args.width, args.outputs, TRACES[args.trace],
-                 max(args.repeats, 1), args.max_bytes, args.point_budget, args.noise_floor)
+                 max(args.repeats, 1), args.max_bytes, args.point_budget, args.noise_floor,
+                 inputs=args.inputs)
     path = pathlib.Path(args.json) if args.json else default_path(report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
