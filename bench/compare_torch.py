@@ -3,7 +3,7 @@
     python -m bench.compare_torch [--models mlp,cnn,wrn,vit,mixer] [--repeats 5] [--warmup 1]
                                   [--trace both|traced|untraced] [--torch-methods jacobian,ntvp]
                                   [--ntkc-methods auto,structured,jacobian] [--n N] [--quick]
-                                  [--ntvp-budget-gib 3] [--budget-s 60] [--threads 2] [--worktree]
+                                  [--ntvp-budget-gib 3] [--budget-s 60] [--threads 2,1] [--worktree]
                                   [--tag NAME]
                                   [--torch-wheel PATH] [--setup-only]
 
@@ -40,8 +40,14 @@ libraries alike. A method whose warm-up call took longer than ``--budget-s / --r
 in practice torch's ntvp recipe on the MLP and the CNN, 30-70 s a call) runs fewer timed runs, at
 least one; the tables say how many. Peak memory is each worker's ``ru_maxrss`` (a fresh process per method and
 case), shown with its value before the first kernel call (imports, model, data), and for ntkc
-XLA's accounting of the compiled program beside it. torch.set_num_threads(``--threads``); XLA's
-CPU client uses every core.
+XLA's accounting of the compiled program beside it.
+
+torch.set_num_threads(2) for both recipes (``--threads``, first value); XLA's CPU client uses every
+core. The Jacobian recipe also runs with 1 thread (``torch jacobian 1t``; each further value of
+``--threads`` adds one such worker): on this shared machine, with other jobs running, torch's
+OpenMP parallel regions wait for a descheduled second thread at every op, and on the small
+models 2 threads were up to 10x slower than 1 (WideResNet, 1-min load 4). torch's fastest, to
+which ntkc auto is compared, is the fastest of all its workers.
 
 The workers run ``ntkc/`` and ``bench/`` as committed at git HEAD (exported to a temporary
 folder), so uncommitted edits in a shared checkout do not leak in; ``--worktree`` runs the
@@ -319,16 +325,17 @@ def worker(spec_path: str) -> int:
 class Worker:
     """One method of one library on one case, in its own process."""
 
-    def __init__(self, library: str, method: str, spec: dict, src: pathlib.Path, tmp: pathlib.Path):
-        self.library, self.method, self.label = library, method, f"{library} {method}"
+    def __init__(self, library: str, method: str, label: str, spec: dict, src: pathlib.Path,
+                 tmp: pathlib.Path):
+        self.library, self.method, self.label = library, method, label
         self.info, self.times, self.error, self.maxrss_mib = {}, [], None, None
         spec = dict(spec, library=library, method=method)
-        spec_path = tmp / f"spec-{library}-{method}.json"
+        spec_path = tmp / f"spec-{label.replace(' ', '-')}.json"
         spec_path.write_text(json.dumps(spec))
         py = str(_python()) if library == "torch" else sys.executable
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)
-        self.stderr = open(tmp / f"stderr-{library}-{method}.txt", "w+")
+        self.stderr = open(tmp / f"stderr-{label.replace(' ', '-')}.txt", "w+")
         self.proc = subprocess.Popen([py, str(src / "bench" / "compare_torch.py"), "--worker", str(spec_path)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, cwd=str(src), env=env)
@@ -452,13 +459,13 @@ def run_case(model, n, outputs, trace_axes, methods, args, src, tmp, log) -> dic
             raise RuntimeError(f"export of {model} failed:\n{done.stderr[-2000:]}")
     tag = f"{model}-{len(trace_axes)}"
     base = {"model": model, "n": n, "outputs": outputs, "trace_axes": list(trace_axes), "npz": str(npz),
-            "threads": args.threads, "warmup": max(args.warmup, 1), "ntvp_budget_gib": args.ntvp_budget_gib}
+            "warmup": max(args.warmup, 1), "ntvp_budget_gib": args.ntvp_budget_gib}
     workers = []
     # Started one at a time, so that no worker's set-up (import, XLA compile, warm-up) overlaps
     # another's; they then wait, idle, until the timed runs.
-    for library, method in methods:
-        spec = dict(base, kernel_path=str(tmp / f"{tag}-{library}-{method}.npy"))
-        w = Worker(library, method, spec, src, tmp)
+    for library, method, threads, label in methods:
+        spec = dict(base, threads=threads, kernel_path=str(tmp / f"{tag}-{label.replace(' ', '-')}.npy"))
+        w = Worker(library, method, label, spec, src, tmp)
         start = time.perf_counter()
         w.ready(args.timeout)
         w.setup_wall_s = time.perf_counter() - start
@@ -510,9 +517,10 @@ def run_case(model, n, outputs, trace_axes, methods, args, src, tmp, log) -> dic
             "run_min": _ratio(auto["run_s_min"], ok[fastest]["run_s_min"]),
             "maxrss": _ratio(auto.get("maxrss_mib"), ok[fastest].get("maxrss_mib")),
         }
-    if "torch jacobian" in ok and "ntkc jacobian" in ok:
+    torch_jac = [v["run_s_median"] for k, v in torch_ok.items() if k.startswith("torch jacobian")]
+    if torch_jac and "ntkc jacobian" in ok:  # the same algorithm; torch's faster thread count
         case["ratio_ntkc_jacobian_over_torch_jacobian"] = _ratio(ok["ntkc jacobian"]["run_s_median"],
-                                                                 ok["torch jacobian"]["run_s_median"])
+                                                                 min(torch_jac))
     case_table(case, log)
     return case
 
@@ -550,12 +558,17 @@ def case_table(case: dict, log) -> None:
             f"min {ratio['run_min']:.3f}, maxrss {_fmt(ratio['maxrss'], '.2f')}")
 
 
+def _short(label: str) -> str:
+    return label.replace("jacobian", "jac").replace("structured", "struct")
+
+
 def summary_table(cases: list, log) -> None:
     log()
     log("Summary: median run seconds (< 1 in the ratios: ntkc faster); setup s = torch's first call, "
         "ntkc's trace + compile")
-    log(f"{'case':<22}{'torch jac':>10}{'torch ntvp':>11}{'ntkc auto':>10}{'ntkc struct':>12}{'ntkc jac':>10}"
-        f"{'auto/torch best':>16}{'(min)':>7}{'jac/jac':>8}{'max rel dev':>12}")
+    labels = list(dict.fromkeys(label for case in cases for label in case["results"]))
+    log(f"{'case':<22}" + "".join(f"{_short(label):>13}" for label in labels)
+        + f"{'auto/torch best':>20}{'(min)':>7}{'jac/jac':>8}{'max rel dev':>12}")
     for case in cases:
         res = case["results"]
         med = lambda label: _fmt((res.get(label) or {}).get("run_s_median"), ">.4f")  # noqa: E731
@@ -563,9 +576,8 @@ def summary_table(cases: list, log) -> None:
         devs = [v for v in case["rel_dev_vs_reference"].values() if v is not None]
         name = f"{case['model']} N={case['n']} {'traced' if case['trace_axes'] else 'untraced'}"
         best = case.get("torch_fastest") or "-"
-        log(f"{name:<22}{med('torch jacobian'):>10}{med('torch ntvp'):>11}{med('ntkc auto'):>10}"
-            f"{med('ntkc structured'):>12}{med('ntkc jacobian'):>10}"
-            f"{_fmt(ratio.get('run_median'), '.3f') + ' (' + best.split()[-1][:3] + ')':>16}"
+        log(f"{name:<22}" + "".join(f"{med(label):>13}" for label in labels)
+            + f"{_fmt(ratio.get('run_median'), '.3f') + ' (' + _short(best).replace('torch ', '') + ')':>20}"
             f"{_fmt(ratio.get('run_min'), '>7.3f')}{_fmt(case.get('ratio_ntkc_jacobian_over_torch_jacobian'), '>8.2f')}"
             f"{_fmt(max(devs) if devs else None, '>12.1e')}")
 
@@ -586,7 +598,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=60,
                     help="timed seconds per method and case: a method whose warm-up call took longer than "
                          "this / --repeats runs fewer timed runs (at least 1); 0: no cap")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--threads", default="2,1",
+                    help="torch.set_num_threads: the first for every torch recipe, each further one adds "
+                         "a 'torch jacobian Nt' worker")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per worker answer")
     ap.add_argument("--tag", default=None, help="output name: bench/results/compare-torch-TAG.{json,log}")
     ap.add_argument("--worktree", action="store_true", help="run ntkc and bench/ from the working tree")
@@ -610,7 +624,11 @@ def main(argv=None) -> int:
             ap.error(f"unknown {what} in {chosen}; valid: {', '.join(valid)}")
     if not args.quick and args.repeats < 5:
         ap.error("--repeats must be >= 5 (or pass --quick)")
-    methods = [("torch", m) for m in torch_methods] + [("ntkc", m) for m in ntkc_methods]
+    threads = [int(t) for t in str(args.threads).split(",") if t]
+    methods = [("torch", m, threads[0], f"torch {m}") for m in torch_methods]
+    if "jacobian" in torch_methods:
+        methods[1:1] = [("torch", "jacobian", t, f"torch jacobian {t}t") for t in threads[1:]]
+    methods += [("ntkc", m, None, f"ntkc {m}") for m in ntkc_methods]
     traces = {"both": [(), (-1,)], "traced": [(-1,)], "untraced": [()]}[args.trace]
     tag = args.tag or f"cpu-{os.cpu_count()}core" + ("-quick" if args.quick else "")
     results_dir = ROOT / "bench" / "results"
@@ -632,7 +650,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter()
     log(f"ntkc vs PyTorch torch.func recipes, {started.isoformat(timespec='seconds')}, {platform.machine()} "
         f"with {os.cpu_count()} CPUs ({_cpu_name()}), load {os.getloadavg()[0]:.2f}")
-    log(f"  {VENV}: torch {tv.get('torch')}, numpy {tv.get('numpy')}; torch.set_num_threads({args.threads})")
+    log(f"  {VENV}: torch {tv.get('torch')}, numpy {tv.get('numpy')}; torch.set_num_threads({threads[0]})"
+        + (f", jacobian also with {', '.join(map(str, threads[1:]))}" if threads[1:] else ""))
     log(f"  {sys.executable}: jax {jax.__version__}, jaxlib {_version('jaxlib')}, numpy {_version('numpy')}")
     log(f"float32, O={args.outputs}; {max(args.warmup, 1)} warm-up + {args.repeats} timed runs per method "
         f"(fewer where one call exceeds {args.budget_s:g} s / {args.repeats}), one process per method, "
@@ -672,7 +691,7 @@ def main(argv=None) -> int:
         "jaxlib": _version("jaxlib"),
         "repeats": args.repeats,
         "warmup": max(args.warmup, 1),
-        "threads": args.threads,
+        "threads": threads,
         "ntvp_budget_gib": args.ntvp_budget_gib,
         "budget_s": args.budget_s,
         "wall_s": time.perf_counter() - wall,
