@@ -1,32 +1,29 @@
-"""The public entry points: ``ntk_fn`` and the neural-tangents-compatible ``empirical_ntk_fn``.
+"""The public entry points: ``ntk_fn``, ``plan`` and the neural-tangents-compatible
+``empirical_ntk_fn``.
 
-Argument checks happen here, once per input signature, outside ``jit``; the kernel itself is one
-jitted program per signature, cached.
+Arguments are checked (``ntkc._args``) and the method resolved (``ntkc._auto``) once per input
+signature, outside ``jit``; the kernel itself is one jitted program per signature, cached.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import math
-import warnings
 import functools
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
+from ntkc import _auto, _plan, _split, pipeline
+from ntkc._args import (METHODS, check_example_outputs, check_method, check_params,  # noqa: F401
+                        output_shapes, per_leaf_methods, read_keys, resolve_batching, signature,
+                        split_kwargs)
 from ntkc._axes import make_kernel_axes
-from ntkc._problem import Batching, Config, Problem, merge_kwargs, split_static
-from ntkc import _plan, pipeline
+from ntkc._problem import Config, Problem, merge_kwargs, split_static
 from ntkc.ir import Plan
-from ntkc.passes.cost import Cost
 from ntkc.passes.path import PathMemoryError
-from ntkc import _auto, _split
 from ntkc.methods import jacobian, mixed, ntvp
 
-METHODS = ("auto", "structured", "jacobian", "ntvp")
 
 _KERNELS: dict[str, Callable[[Problem], list]] = {
     "jacobian": jacobian.kernel,
@@ -51,262 +48,6 @@ _IMPLEMENTATION_METHOD = {
     NtkImplementation.NTK_VECTOR_PRODUCTS: "ntvp",
     NtkImplementation.STRUCTURED_DERIVATIVES: "structured",
 }
-
-
-def check_method(method):
-    """A method name, or a pytree of names that is a prefix of params (a method per leaf)."""
-    if isinstance(method, str):
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
-        return method
-    leaves = jax.tree.leaves(method)
-    if not leaves:
-        raise ValueError(f"method={method!r}: a pytree of methods needs at least one leaf")
-    for m in leaves:
-        if m not in METHODS[1:]:
-            raise ValueError(f"method: a per-leaf method must be one of "
-                             f"{', '.join(map(repr, METHODS[1:]))}, got {m!r}")
-    return method
-
-
-def _per_leaf_methods(config: Config, method, params) -> Config:
-    """``method`` given as a pytree (a prefix of params): one method per params leaf."""
-    names, treedef = jax.tree.flatten(method)
-    try:
-        subtrees = treedef.flatten_up_to(params)
-    except (ValueError, TypeError):
-        raise ValueError(f"method: a pytree of methods must be a prefix of the structure of "
-                         f"params, {jax.tree.structure(params)}; got {method!r}") from None
-    per_leaf = tuple(m for m, sub in zip(names, subtrees) for _ in jax.tree.leaves(sub))
-    if len(set(per_leaf)) == 1:
-        return dataclasses.replace(config, method=per_leaf[0])
-    return dataclasses.replace(config, method="mixed", leaf_methods=per_leaf)
-
-
-# ----------------------------------------------------------------------------- argument checks
-
-
-def _describe(tree) -> str:
-    shapes = [tuple(np.shape(l)) for l in jax.tree.leaves(tree)]
-    return str(shapes[0]) if len(shapes) == 1 else str(shapes)
-
-
-def check_params(params) -> None:
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    if not leaves:
-        raise ValueError(f"params has no array leaves (got {params!r}); the NTK needs parameters")
-    for path, leaf in leaves:
-        dtype = getattr(leaf, "dtype", None) or np.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(
-                f"params{jax.tree_util.keystr(path)} has dtype {dtype}; the NTK is a derivative "
-                "with respect to params, so every params leaf must be floating point"
-            )
-
-
-def split_kwargs(kwargs: dict, x2_is_none: bool):
-    """neural-tangents' ``split_kwargs``: a tuple of two gives one item to each side, everything
-    else goes to both; ``rng`` with an ``x2`` is resolved inside jit by :func:`read_keys`.
-
-    Returns ``(kwargs1, kwargs2, differ)``; ``differ`` is True when the sides got different items.
-    """
-    kwargs1, kwargs2, differ = {}, {}, False
-    for k, v in kwargs.items():
-        if k == "rng" and not x2_is_none and not (isinstance(v, tuple) and len(v) == 2):
-            kwargs1[k] = kwargs2[k] = v
-        elif isinstance(v, tuple) and len(v) == 2:
-            kwargs1[k], kwargs2[k] = v
-            differ = True
-        else:
-            kwargs1[k] = kwargs2[k] = v
-    return kwargs1, kwargs2, differ
-
-
-def _inputs_equal(x1, x2, eps=1e-12):
-    """neural-tangents' ``x1_is_x2``: same shapes and values within ``eps``, as a traced bool."""
-    l1, l2 = jax.tree.leaves(x1), jax.tree.leaves(x2)
-    if len(l1) != len(l2) or any(jnp.shape(a) != jnp.shape(b) for a, b in zip(l1, l2)):
-        return jnp.asarray(False)
-    same = [
-        jnp.all(jnp.abs(a - b) < eps) if jnp.issubdtype(a.dtype, jnp.inexact) else jnp.all(a == b)
-        for a, b in zip(l1, l2)
-    ]
-    return jnp.all(jnp.stack(same)) if same else jnp.asarray(True)
-
-
-def read_keys(key1, key2, pair: bool, x1, x2):
-    """neural-tangents' ``_read_keys``: two keys such that ``(x1 == x2) == (key1 == key2)``.
-
-    A single key (``pair=False``, ``key1 is key2``) gives ``key1`` for x1 and
-    ``fold_in(key1, 1)`` for x2 unless the inputs are equal; a pair is kept, with ``key2``
-    replaced so that the rule holds.
-    """
-    same = _inputs_equal(x1, x2)
-    if pair:
-        new = jnp.where(jnp.all(key1 == key2), jax.random.fold_in(key2, 1), key2)
-        return key1, jnp.where(same, key1, new)
-    return key1, jnp.where(same, key1, jax.random.fold_in(key1, 1))
-
-
-def _output_shapes(f, params, x, kwargs, name):
-    try:
-        out = jax.eval_shape(lambda p, x: f(p, x, **kwargs), params, x)
-    except Exception as err:  # the user's function rejected the input: say which one
-        call = f"f(params, {name}, **kwargs)" if kwargs else f"f(params, {name})"
-        raise ValueError(
-            f"{call} failed for {name} of shape {_describe(x)}: {type(err).__name__}: {err}"
-        ) from err
-    for leaf in jax.tree.leaves(out):
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            raise TypeError(f"f(params, {name}) returns a leaf of dtype {leaf.dtype}; "
-                            "outputs must be floating point")
-    return out
-
-
-def _flat_prefix(prefix, tree, name, what):
-    """Broadcasts an axes prefix tree over ``tree``: one axis (or None) per leaf of ``tree``."""
-    prefix_leaves, prefix_def = jax.tree_util.tree_flatten(prefix, is_leaf=lambda a: a is None)
-    try:
-        subtrees = prefix_def.flatten_up_to(tree)
-    except (ValueError, TypeError):
-        raise ValueError(
-            f"vmap_axes: {name}={prefix!r} does not match the structure of {what}, "
-            f"{jax.tree.structure(tree)}"
-        ) from None
-    return [ax for ax, sub in zip(prefix_leaves, subtrees) for _ in jax.tree.leaves(sub)]
-
-
-def _leaf_names(x, kwargs, name):
-    """Readable names of the leaves of ``(x, kwargs)``, e.g. ``x1['a']`` or ``kwargs['mask']``."""
-    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path((x, kwargs))[0]]
-    return [(name if path[0].idx == 0 else "kwargs") + jax.tree_util.keystr(path[1:])
-            for path in paths]
-
-
-def _batch_size(leaves, axes, names):
-    size = size_name = None
-    out = []
-    for leaf, ax, name in zip(leaves, axes, names):
-        if ax is None:
-            out.append(None)
-            continue
-        if not isinstance(ax, int) or isinstance(ax, bool):
-            raise TypeError(f"vmap_axes: axes must be ints or None, got {ax!r} for {name}")
-        shape = np.shape(leaf)
-        if not -len(shape) <= ax < max(len(shape), 1) or not shape:
-            raise ValueError(
-                f"vmap_axes: batch axis {ax} is out of range for {name} of shape {shape}"
-            )
-        ax %= len(shape)
-        if size is not None and shape[ax] != size:
-            raise ValueError(
-                f"vmap_axes: inputs hold different numbers of examples along their batch axes: "
-                f"{size} in {size_name} but {shape[ax]} in {name} (shape {shape}, axis {ax})"
-            )
-        size, size_name = shape[ax], name
-        out.append(ax)
-    return size, out
-
-
-def resolve_batching(vmap_axes, x1, x2, kwargs1, kwargs2, out1, out2) -> Batching | None:
-    """``vmap_axes`` checked against the inputs and outputs, as neural-tangents reads it."""
-    if vmap_axes is None:
-        return None
-    if isinstance(vmap_axes, tuple) and len(vmap_axes) == 3:
-        in_axes, out_axes, kwargs_axes = vmap_axes
-    elif isinstance(vmap_axes, int) and not isinstance(vmap_axes, bool):
-        in_axes = out_axes = vmap_axes
-        kwargs_axes = {}
-    else:
-        raise TypeError(
-            "vmap_axes must be None, an int, or a triple (in_axes, out_axes, kwargs_axes); "
-            f"got {vmap_axes!r}"
-        )
-    if kwargs_axes is None:
-        kwargs_axes = {}
-    if not isinstance(kwargs_axes, dict):
-        raise TypeError(
-            "vmap_axes: kwargs_axes must be a dict from keyword argument names to axes, "
-            f"got {kwargs_axes!r}"
-        )
-    unknown = set(kwargs_axes) - set(kwargs1)
-    if unknown:
-        raise ValueError(f"vmap_axes: kwargs_axes names {sorted(unknown)}, which are not "
-                         f"keyword arguments of this call ({sorted(kwargs1)})")
-    prefix = (in_axes, {k: kwargs_axes.get(k) for k in kwargs1})
-    axes1 = _flat_prefix(prefix, (x1, kwargs1), "in_axes", "the inputs (x1, kwargs)")
-    axes2 = _flat_prefix(prefix, (x2, kwargs2), "in_axes", "the inputs (x2, kwargs)")
-    if all(a is None for a in axes1):
-        return None
-    size1, axes1 = _batch_size(jax.tree.leaves((x1, kwargs1)), axes1,
-                               _leaf_names(x1, kwargs1, "x1"))
-    size2, axes2 = _batch_size(jax.tree.leaves((x2, kwargs2)), axes2,
-                               _leaf_names(x2, kwargs2, "x2"))
-    if axes1 != axes2:
-        raise ValueError("vmap_axes: x1 and x2 resolve to different batch axes")
-    for leaf, ax in zip(jax.tree.leaves((x1, kwargs1)), axes1):
-        if ax is not None and not hasattr(leaf, "shape"):
-            raise ValueError(f"vmap_axes: a batch axis is given for a non-array input {leaf!r}")
-
-    leaves1, leaves2 = jax.tree.leaves(out1), jax.tree.leaves(out2)
-    if isinstance(out_axes, int) and not isinstance(out_axes, bool):
-        out_flat = [out_axes] * len(leaves1)
-    else:
-        out_flat = _flat_prefix(out_axes, out1, "out_axes", "the output of f")
-    outputs = []
-    for o1, o2, ax in zip(leaves1, leaves2, out_flat):
-        if not isinstance(ax, int) or isinstance(ax, bool) or not -o1.ndim <= ax < o1.ndim:
-            raise ValueError(
-                f"vmap_axes: out_axes gives {ax!r}, which is not an axis of an output of "
-                f"shape {o1.shape}"
-            )
-        ax %= o1.ndim
-        if o1.shape[ax] != size1 or o2.shape[ax] != size2:
-            raise ValueError(
-                f"vmap_axes: output axis {ax} has sizes {o1.shape[ax]} and {o2.shape[ax]} for "
-                f"x1 and x2, but the inputs hold {size1} and {size2} examples along in_axes"
-            )
-        outputs.append(ax)
-    return Batching(tuple(axes1), tuple(outputs), size1, size2)
-
-
-def _check_example_outputs(f, params, x, kwargs, batching: Batching, out) -> None:
-    """Checks ``out_axes`` by shape: ``f`` on one example (a batch of one along ``in_axes``) must
-    return ``out`` with size 1 along ``out_axes``, which is what per-example Jacobians rely on."""
-    leaves, treedef = jax.tree.flatten((x, kwargs))
-    one = [
-        jax.ShapeDtypeStruct(tuple(1 if d == ax else n for d, n in enumerate(np.shape(leaf))),
-                             leaf.dtype)
-        for leaf, ax in zip(leaves, batching.inputs) if ax is not None
-    ]
-
-    def f_one(params, batched):
-        it = iter(batched)
-        full = [leaf if ax is None else next(it) for leaf, ax in zip(leaves, batching.inputs)]
-        x, kw = jax.tree.unflatten(treedef, full)
-        return jax.tree.leaves(f(params, x, **kw))
-
-    try:
-        outs = jax.eval_shape(f_one, params, one)
-    except Exception as err:
-        raise ValueError(
-            "vmap_axes: f(params, x1) fails on a single example (a batch of one along in_axes), "
-            f"which per-example Jacobians need: {type(err).__name__}: {err}"
-        ) from err
-    for o, o_one, ax in zip(jax.tree.leaves(out), outs, batching.outputs):
-        expected = o.shape[:ax] + (1,) + o.shape[ax + 1 :]
-        if o_one.shape != expected:
-            raise ValueError(
-                f"vmap_axes: out_axes gives axis {ax} for an output of shape {o.shape}, but one "
-                f"example along in_axes gives an output of shape {o_one.shape}, not {expected}"
-            )
-
-
-def _signature(tree):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple(
-        (np.shape(l), str(getattr(l, "dtype", None) or np.result_type(l))) for l in leaves
-    )
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -404,8 +145,8 @@ class KernelFunction:
                 f"x1 and x2 have different structures: {jax.tree.structure(x1)} and "
                 f"{jax.tree.structure(x2)}"
             )
-        out1 = _output_shapes(f, params, x1, kwargs1, "x1")
-        out2 = out1 if x2_is_x1 else _output_shapes(f, params, x2, kwargs2, "x2")
+        out1 = output_shapes(f, params, x1, kwargs1, "x1")
+        out2 = out1 if x2_is_x1 else output_shapes(f, params, x2, kwargs2, "x2")
         treedef = jax.tree.structure(out1)
         if jax.tree.structure(out2) != treedef:
             raise ValueError("f(params, x1) and f(params, x2) return different output structures")
@@ -417,7 +158,7 @@ class KernelFunction:
             self.vmap_axes, x1, x1 if x2_is_x1 else x2, kwargs1, kwargs2, out1, out2
         )
         if batching is not None:
-            _check_example_outputs(f, params, x1, kwargs1, batching, out1)
+            check_example_outputs(f, params, x1, kwargs1, batching, out1)
         for k, ax in enumerate(axes):
             if batching is not None and batching.outputs[k] not in ax.free:
                 if batching.size1 != batching.size2:
@@ -432,7 +173,7 @@ class KernelFunction:
             strict=self.strict, memory_limit=self.memory_limit, by_param=self.by_param,
         )
         if not isinstance(method, str):
-            config = _per_leaf_methods(config, method, params)
+            config = per_leaf_methods(config, method, params)
         if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
@@ -471,7 +212,7 @@ class KernelFunction:
         x2, kwargs1, kwargs2, read_rng = self._parse(x1, x2, kwargs)
         dyn1, static1 = split_static(kwargs1, "kwargs")
         dyn2, static2 = split_static(kwargs2, "kwargs")
-        key = (_signature((x1, x2, params, dyn1, dyn2)), static1, static2, read_rng)
+        key = (signature((x1, x2, params, dyn1, dyn2)), static1, static2, read_rng)
         config = self._configs.get(key)
         if config is None:
             try:
