@@ -301,11 +301,11 @@ def _tile_order(tiles):
     return ordered
 
 
-def _resolved_method(config, params):
-    """What ``method="auto"`` chose, as a ``method=`` argument (a per-leaf mix as a pytree)."""
-    if config.method == "mixed":
-        return jax.tree.unflatten(jax.tree.structure(params), config.leaf_methods)
-    return config.method
+def _single_method(requested, config) -> str | None:
+    """The method to factor: the one asked for, or the one ``"auto"`` chose on a tile; None when
+    that is not one method (a per-leaf mix, or a split into smaller blocks): then per tile."""
+    method = config.method if isinstance(requested, str) and requested == "auto" else requested
+    return method if isinstance(method, str) and method in ("structured", "jacobian", "ntvp") else None
 
 
 def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
@@ -315,9 +315,10 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     """The NTK Gram matrix of a dataset, tile by tile, each block's factors computed once.
 
     Methods ``"structured"`` and ``"jacobian"`` compute each block's per-example side (factors
-    and cotangents, or Jacobians) once and contract pairs of sides per tile; ``"ntvp"`` (and a
-    per-leaf mix of methods) has no per-example part to reuse and calls the kernel per tile.
-    ``"auto"`` is resolved once, on one tile.
+    and cotangents, or Jacobians) once and contract pairs of sides per tile; ``"ntvp"`` has no
+    per-example part to reuse and calls the kernel per tile. ``"auto"`` is resolved once, on one
+    tile; when it picks no single method (a per-leaf mix of methods, or smaller blocks under
+    ``memory_limit``) the kernel function is called per tile.
 
     Args:
       f: ``f(params, x)``; examples along axis 0 of every leaf of ``X1``/``X2`` and of the
@@ -385,9 +386,10 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     axes = config.axes[0]
     if 0 not in axes.free:
         raise ValueError("gram: the example axis (0) must be neither traced nor diagonal")
-    options = {k: v for k, v in ntk_options.items() if k != "method"}
-    kernel_fn = KernelFunction(f, method=_resolved_method(config, params),
-                               memory_limit=memory_limit, **options)
+    method = _single_method(ntk_options.get("method", "auto"), config)
+    if method is not None:
+        options = {k: v for k, v in ntk_options.items() if k != "method"}
+        kernel_fn = KernelFunction(f, method=method, memory_limit=memory_limit, **options)
     shape = (n1, n2) + axes.kernel_shape[2:]
     dtype = jax.eval_shape(lambda p, x: f(p, x), params, _take(X1, 0, 1)).dtype
 

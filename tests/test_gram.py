@@ -46,6 +46,15 @@ def test_blocks_of_different_sizes_need_no_hoisting(monkeypatch):
     assert hoists == [False, True]
 
 
+def test_auto_without_a_single_method_calls_the_kernel_per_tile(monkeypatch):
+    monkeypatch.setattr(_gram, "_single_method", lambda requested, config: None)  # a mix, say
+    pairs = count_calls(monkeypatch, "pair")
+    got = ntkc.gram(f, PARAMS, X1, X2, batch_size=3, progress=False)
+    want = ntkc.ntk_fn(f, vmap_axes=0)(X1, X2, PARAMS)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-12)
+    assert len(pairs) == 6
+
+
 @pytest.mark.parametrize("method", ["structured", "ntvp"])
 def test_diagonal_output_axis_is_mirrored_once(method):
     g = lambda p, x: jnp.stack([f(p, x), 2 * f(p, x)], axis=1)  # (N, 2, O)
