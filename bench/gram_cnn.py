@@ -247,7 +247,8 @@ def _gram_block(fac, n, batch_size) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gram_cnn", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.gram_cnn",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="images (default 2000)")
     ap.add_argument("--batch-size", type=int, default=64, help="examples per block a side")
     ap.add_argument("--memory-limit", type=int, default=2**30,
@@ -258,7 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hoist", action="store_true",
                     help="compute side-local contraction steps per tile (for comparison)")
     ap.add_argument("--json", default=None,
-                    help="where to write the results (default bench/results/gram_cnn-<machine>.json)")
+                    help="where to write the results "
+                         "(default bench/results/gram_cnn-<machine>.json)")
     args = ap.parse_args(argv)
     report = run(args.n, args.batch_size, args.memory_limit, args.cache_bytes, args.naive_tiles,
                  args.method, not args.no_hoist)

@@ -195,7 +195,7 @@ class _Factored:
         return raw, (hoist.collected[1], hoist.collected[2])
 
     def _unpack(self, s):
-        """A structured side's arrays as a Side; a dropped array becomes zeros that nothing reads."""
+        """A structured side's arrays as a Side; a dropped array becomes zeros nothing reads."""
         raw = s[0] if self._raw_shapes is None else [
             jnp.zeros(like.shape, like.dtype) if a is None else a
             for a, like in zip(s[0], self._raw_shapes)]
@@ -305,7 +305,8 @@ def _single_method(requested, config) -> str | None:
     """The method to factor: the one asked for, or the one ``"auto"`` chose on a tile; None when
     that is not one method (a per-leaf mix, or a split into smaller blocks): then per tile."""
     method = config.method if isinstance(requested, str) and requested == "auto" else requested
-    return method if isinstance(method, str) and method in ("structured", "jacobian", "ntvp") else None
+    single = isinstance(method, str) and method in ("structured", "jacobian", "ntvp")
+    return method if single else None
 
 
 def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,

@@ -72,12 +72,15 @@ def side(prob: Problem, no: int, like: Side | None = None) -> Side:
     inputs of the same shapes), which saves a second trace.
     """
     fn, inputs, axes = _side_function(prob, no)
-    if like is not None and (axes is not None or [v.aval.shape for v in like.analysis.traced.input_vars]
-                             == [jnp.shape(a) for a in inputs]):
+    if like is not None and (axes is not None or _same_shapes(like.analysis, inputs)):
         analysis = like.analysis
     else:
         analysis = analyze(fn, prob.params, inputs, axes)
     return _evaluate(analysis, prob.params, inputs, axes, prob.config.strict)
+
+
+def _same_shapes(analysis: Analysis, inputs) -> bool:
+    return [v.aval.shape for v in analysis.traced.input_vars] == [jnp.shape(a) for a in inputs]
 
 
 def combine(config: Config, n_params: int, side1: Side, side2: Side) -> list:

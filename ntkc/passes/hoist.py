@@ -36,7 +36,8 @@ class Hoist:
         arrays, labels, tags = list(ops[0::2]), [list(l) for l in ops[1::2]], list(sides)
         sizes = {l: n for a, ls in zip(arrays, labels) for l, n in zip(ls, a.shape)}
         for step in path:
-            picked = [(arrays.pop(i), labels.pop(i), tags.pop(i)) for i in sorted(step, reverse=True)]
+            picked = [(arrays.pop(i), labels.pop(i), tags.pop(i))
+                      for i in sorted(step, reverse=True)]
             left = {l for ls in labels for l in ls} | set(out)
             kept = list(dict.fromkeys(l for _, ls, _ in picked for l in ls if l in left))
             side = picked[0][2] if len({t for _, _, t in picked}) == 1 else 0
