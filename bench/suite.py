@@ -3,7 +3,8 @@
     python -m bench [--models mlp,cnn] [--methods jacobian,structured] [--n 8] [--outputs 10]
                     [--trace both|traced|untraced] [--repeats 5] [--json FILE]
 
-Per case: trace and compile seconds, median and min run seconds (after compilation, >= 5 runs),
+Per case: trace and compile seconds, median and min run seconds (after compilation, >= 5 runs,
+the methods' runs interleaved so that a shared machine's drift falls on all of them alike),
 peak memory (XLA's memory analysis of the compiled program), XLA's FLOP count, the achieved
 GFLOP/s against a dense float32 matmul's GFLOP/s measured in the same run, agreement with the
 jacobian method, and the cost model's predicted ranking of the methods against the measured one.
@@ -61,7 +62,8 @@ def _peak_bytes(compiled) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
 
 
-def run_case(f, params, x, method, trace_axes, repeats):
+def compile_case(f, params, x, method, trace_axes):
+    """The compiled kernel program of one method, its first result and what compiling cost."""
     kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
     start = time.perf_counter()
     config, _ = kernel_fn.prepare(x, None, params)
@@ -70,22 +72,29 @@ def run_case(f, params, x, method, trace_axes, repeats):
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    theta = compiled(x, params).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        compiled(x, params).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return theta, {
+    theta = compiled(x, params).block_until_ready()  # the warm-up run, not timed
+    return compiled, theta, {
         "method": method,
         "resolved": config.method,
         "trace_s": trace_s,
         "compile_s": compile_s,
-        "run_s_median": statistics.median(times),
-        "run_s_min": min(times),
         "peak_bytes": _peak_bytes(compiled),
         "xla_flops": _xla_flops(compiled),
     }
+
+
+def time_interleaved(programs: dict, x, params, repeats) -> dict:
+    """Median and min run seconds per method, one run of each method per round, the order
+    reversed every other round, so that drift of a shared machine falls on all alike."""
+    times = {m: [] for m in programs}
+    order = list(programs)
+    for r in range(repeats):
+        for m in (order if r % 2 == 0 else order[::-1]):
+            t = time.perf_counter()
+            programs[m](x, params).block_until_ready()
+            times[m].append(time.perf_counter() - t)
+    return {m: {"run_s_median": statistics.median(ts), "run_s_min": min(ts)}
+            for m, ts in times.items()}
 
 
 def _ranking(values: dict) -> list[str]:
@@ -108,15 +117,19 @@ def run(models, methods, n, outputs, traces, repeats, log=print):
             log(f"{'method':<12}{'resolved':<12}{'trace s':>9}{'compile s':>11}{'median s':>11}"
                 f"{'min s':>10}{'peak MiB':>10}{'GFLOP/s':>9}{'% peak':>8}{'rel err':>10}")
             reference = None
-            results = {}
+            results, programs, thetas = {}, {}, {}
             for method in methods:
                 try:
-                    theta, r = run_case(f, params, x, method, trace_axes, repeats)
+                    programs[method], thetas[method], results[method] = compile_case(
+                        f, params, x, method, trace_axes)
                 except Exception as err:  # a failing method is a result too
                     log(f"{method:<12}failed: {type(err).__name__}: {str(err)[:120]}")
                     rows.append({"model": name, "trace_axes": list(trace_axes), "method": method,
                                  "error": f"{type(err).__name__}: {err}"})
-                    continue
+            timings = time_interleaved(programs, x, params, repeats)
+            for method, r in results.items():
+                theta = thetas[method]
+                r.update(timings[method])
                 if reference is None and method == "jacobian":
                     reference = np.asarray(theta, np.float64)
                 if reference is not None:
@@ -126,7 +139,6 @@ def run(models, methods, n, outputs, traces, repeats, log=print):
                 r.update(model=name, trace_axes=list(trace_axes), n=size, outputs=outputs,
                          params=n_params, gflops=gflops, percent_of_matmul=100 * gflops / ceiling)
                 rows.append(r)
-                results[method] = r
                 peak = (r["peak_bytes"] or 0) / 2**20
                 err = r.get("rel_err_vs_jacobian", float("nan"))
                 log(f"{method:<12}{r['resolved']:<12}{r['trace_s']:>9.2f}{r['compile_s']:>11.2f}"
