@@ -51,8 +51,8 @@ def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records) -> Req
                     flops -= _repeated_side_flops(r)
                 terms[r["param_leaf"]] += flops
                 for side, (u, structure) in enumerate(zip(r["uses"], r["structure"])):
-                    if structure == "dense":
-                        dense.add((r["param_leaf"], u, 1 if config.x2_is_x1 else side))
+                    if structure == "dense":  # x2 = x1: one dense rule serves both sides
+                        dense.add((r["param_leaf"], u, 0 if config.x2_is_x1 else side))
         for leaf, u, side in dense:
             terms[leaf] += (n1 if side == 0 else n2) * _dense_rule_flops(analyses[0], u)
         terms = tuple(terms)
