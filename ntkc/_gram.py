@@ -84,20 +84,18 @@ def _mirror_permutation(axes) -> list[int]:
 
 
 def _choose_batch_size(kernel_fn, params, x1, n, memory_limit) -> int:
-    """The largest power-of-two block whose structured plan's peak fits ``memory_limit``."""
+    """The largest power-of-two block whose tile fits ``memory_limit`` whole: the planner's
+    working-set estimate for two distinct blocks, with the method the tiles will run."""
     if memory_limit is None:
         return min(n, 64)
-    from ntkc._api import plan
-
     size = 1
     while size * 2 <= n:
+        block = _take(x1, 0, size * 2)
         try:
-            p = plan(kernel_fn.f, _take(x1, 0, size * 2), None, params,
-                     trace_axes=kernel_fn.trace_axes, diagonal_axes=kernel_fn.diagonal_axes,
-                     vmap_axes=kernel_fn.vmap_axes, memory_limit=memory_limit)
-        except ValueError:
+            config, _ = kernel_fn.prepare(block, jax.tree.map(jnp.copy, block), params)
+        except ValueError:  # PathMemoryError: not even one example fits
             break
-        if p.cost.peak > memory_limit:
+        if config.block is not None:  # the planner would split this tile: too large
             break
         size *= 2
     return size
@@ -328,10 +326,12 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
       X1, X2: the datasets; ``X2=None`` computes the symmetric ``Θ(X1, X1)`` from the tiles on
         and above the diagonal only.
       batch_size: examples per block a side and device; default: chosen from ``memory_limit``
-        (the largest power of two whose plan fits), else 64 (at most N). Any N works, not only
+        (the largest power of two whose tile's estimated working set fits whole), else 64 (at
+        most N). Any N works, not only
         multiples: the last block is padded with copies of its last example, so that the side
         and pair programs compile once.
-      memory_limit: bytes that one tile's program may use (passed to the planner as well).
+      memory_limit: bytes of one tile's working set as the planner estimates it (see
+        :func:`ntkc.ntk_fn`); the side cache is bounded separately by ``cache_bytes``.
       out: None (return an array) or a ``.npy`` path, written tile by tile; the finished tiles are
         recorded in ``<out>.progress.json`` and a rerun resumes; a file written for another
         model, data, options, batch size or number of devices is refused.

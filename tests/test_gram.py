@@ -186,3 +186,16 @@ def test_batch_size_from_memory_limit_and_errors():
 def test_progress_bar_counts_tiles(capsys):
     ntkc.gram(f, PARAMS, X1, X2, batch_size=3, progress=True)
     assert "6/6" in capsys.readouterr().err
+
+
+def test_batch_size_is_the_largest_power_of_two_whose_tile_fits_whole():
+    x = np.random.default_rng(5).standard_normal((16, 3))
+    limit = 6_000  # bytes: a few examples' per-example Jacobians a side
+    kfn = ntkc.ntk_fn(f, vmap_axes=0, method="jacobian", memory_limit=limit)
+    size = _gram._choose_batch_size(kfn, PARAMS, x, 16, limit)
+    assert 1 <= size < 16 and size & (size - 1) == 0
+    fits = lambda s: kfn.prepare(x[:s], x[:s] + 0, PARAMS)[0].block is None
+    assert fits(size) and not fits(2 * size)
+    got = ntkc.gram(f, PARAMS, x, memory_limit=limit, method="jacobian", progress=False)
+    np.testing.assert_allclose(got, np.asarray(ntkc.ntk_fn(f, vmap_axes=0)(x, None, PARAMS)),
+                               rtol=1e-10, atol=1e-12)
