@@ -3,8 +3,9 @@
     python -m bench [--models mlp,cnn] [--methods jacobian,structured] [--n 8] [--outputs 10]
                     [--trace both|traced|untraced] [--repeats 5] [--json FILE]
 
-Per case: trace and compile seconds, median and min run seconds (after compilation, >= 5 runs,
-the methods' runs interleaved so that a shared machine's drift falls on all of them alike),
+Per case: trace and compile seconds, median and min run seconds (after compilation, >= 5 runs
+and >= 0.5 s of runs per method, up to 50; the methods' runs interleaved so that a shared
+machine's drift falls on all of them alike),
 peak memory (XLA's memory analysis of the compiled program), XLA's FLOP count, the achieved
 GFLOP/s against a dense float32 matmul's GFLOP/s measured in the same run, agreement with the
 jacobian method, and the cost model's predicted ranking of the methods against the measured one.
@@ -83,17 +84,21 @@ def compile_case(f, params, x, method, trace_axes):
     }
 
 
-def time_interleaved(programs: dict, x, params, repeats) -> dict:
+def time_interleaved(programs: dict, x, params, repeats, min_seconds=0.5, max_rounds=50) -> dict:
     """Median and min run seconds per method, one run of each method per round, the order
-    reversed every other round, so that drift of a shared machine falls on all alike."""
+    reversed every other round, so that drift of a shared machine falls on all alike. Rounds
+    go on past ``repeats`` (up to ``max_rounds``) until every method has run ``min_seconds`` in
+    all: millisecond programs need many runs for a stable median."""
     times = {m: [] for m in programs}
     order = list(programs)
-    for r in range(repeats):
-        for m in (order if r % 2 == 0 else order[::-1]):
+    r = 0
+    while r < repeats or (r < max_rounds and min(map(sum, times.values())) < min_seconds):
+        r += 1
+        for m in (order if r % 2 else order[::-1]):
             t = time.perf_counter()
             programs[m](x, params).block_until_ready()
             times[m].append(time.perf_counter() - t)
-    return {m: {"run_s_median": statistics.median(ts), "run_s_min": min(ts)}
+    return {m: {"run_s_median": statistics.median(ts), "run_s_min": min(ts), "runs": len(ts)}
             for m, ts in times.items()}
 
 
