@@ -251,8 +251,8 @@ def main(argv=None) -> int:
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="images (default 2000)")
     ap.add_argument("--batch-size", type=int, default=64, help="examples per block a side")
-    ap.add_argument("--memory-limit", type=int, default=2**30,
-                    help="bytes one tile's program may use (default 1 GiB)")
+    ap.add_argument("--memory-limit", type=int, default=4 * 2**30,
+                    help="bytes of one tile's estimated working set (default 4 GiB: a 64 x 64 structured tile is estimated at 2.9 GiB)")
     ap.add_argument("--cache-bytes", type=int, default=None, help="side cache (default 2 GiB)")
     ap.add_argument("--naive-tiles", type=int, default=3, help="naive tiles timed")
     ap.add_argument("--method", default="auto")

@@ -387,7 +387,15 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     axes = config.axes[0]
     if 0 not in axes.free:
         raise ValueError("gram: the example axis (0) must be neither traced nor diagonal")
-    method = _single_method(ntk_options.get("method", "auto"), config)
+    requested = ntk_options.get("method", "auto")
+    if config.block is not None and not (isinstance(requested, str) and requested == "auto"):
+        # the factored programs cannot split a tile: never run one over memory_limit silently
+        fits = _choose_batch_size(kernel_fn, params, X1, n1, memory_limit)
+        raise ValueError(f"batch_size={batch_size}: a tile of {batch_size} x {batch_size} examples "
+                         f"does not fit memory_limit={memory_limit} with method={requested!r} "
+                         f"(the planner would split it); use batch_size <= {fits} or a larger "
+                         "memory_limit")
+    method = _single_method(requested, config)
     if method is not None:
         options = {k: v for k, v in ntk_options.items() if k != "method"}
         kernel_fn = KernelFunction(f, method=method, memory_limit=memory_limit, **options)

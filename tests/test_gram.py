@@ -199,3 +199,11 @@ def test_batch_size_is_the_largest_power_of_two_whose_tile_fits_whole():
     got = ntkc.gram(f, PARAMS, x, memory_limit=limit, method="jacobian", progress=False)
     np.testing.assert_allclose(got, np.asarray(ntkc.ntk_fn(f, vmap_axes=0)(x, None, PARAMS)),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_an_explicit_batch_size_that_does_not_fit_memory_limit_is_refused():
+    x = np.random.default_rng(6).standard_normal((16, 3))
+    with pytest.raises(ValueError, match=r"batch_size=16: .* does not fit memory_limit=6000 .* "
+                                         r"use batch_size <= \d"):
+        ntkc.gram(f, PARAMS, x, batch_size=16, memory_limit=6_000, method="jacobian",
+                  progress=False)
