@@ -212,20 +212,26 @@ class ViT(nn.Module):
         return self.head(h.mean(-2))
 
 
+def _load_blocks(net, arrays: dict, dense_names) -> None:
+    """Embedding, blocks (two layer norms and the named dense layers each) and head of a ViT or
+    an MLP-Mixer, from the JAX model's exported parameters."""
+    _dense(net.embed, arrays, "['embed']")
+    for i, block in enumerate(net.blocks):
+        key = f"['blocks'][{i}]"
+        _ln(block.ln1, arrays, f"{key}['ln1']")
+        _ln(block.ln2, arrays, f"{key}['ln2']")
+        for name in dense_names:
+            _dense(getattr(block, name), arrays, f"{key}['{name}']")
+    _dense(net.head, arrays, "['head']")
+
+
 def vit(arrays: dict, heads: int = 4) -> nn.Module:
     layers = len({k.split("]")[1] for k in arrays if k.startswith("['blocks']")})
     patch, dim = arrays["['embed']['w']"].shape
     tokens = arrays["['pos']"].shape[0]
     net = ViT(patch, tokens, dim, heads, layers, arrays["['head']['w']"].shape[1])
-    _dense(net.embed, arrays, "['embed']")
     _set(net.pos, arrays["['pos']"])
-    for i, block in enumerate(net.blocks):
-        key = f"['blocks'][{i}]"
-        _ln(block.ln1, arrays, f"{key}['ln1']")
-        _ln(block.ln2, arrays, f"{key}['ln2']")
-        for name in ("qkv", "proj", "fc1", "fc2"):
-            _dense(getattr(block, name), arrays, f"{key}['{name}']")
-    _dense(net.head, arrays, "['head']")
+    _load_blocks(net, arrays, ("qkv", "proj", "fc1", "fc2"))
     return net
 
 
@@ -261,14 +267,7 @@ def mixer(arrays: dict) -> nn.Module:
     patch, dim = arrays["['embed']['w']"].shape
     tokens = arrays["['blocks'][0]['tok1']['w']"].shape[0]
     net = Mixer(patch, tokens, dim, layers, arrays["['head']['w']"].shape[1])
-    _dense(net.embed, arrays, "['embed']")
-    for i, block in enumerate(net.blocks):
-        key = f"['blocks'][{i}]"
-        _ln(block.ln1, arrays, f"{key}['ln1']")
-        _ln(block.ln2, arrays, f"{key}['ln2']")
-        for name in ("tok1", "tok2", "ch1", "ch2"):
-            _dense(getattr(block, name), arrays, f"{key}['{name}']")
-    _dense(net.head, arrays, "['head']")
+    _load_blocks(net, arrays, ("tok1", "tok2", "ch1", "ch2"))
     return net
 
 

@@ -47,6 +47,14 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script (and in the workers): make `bench` importable
+    sys.path.insert(0, str(ROOT))
+from bench import _compare  # noqa: E402
+from bench._compare import fmt as _fmt, rel_dev as _rel_dev, ratio as _ratio  # noqa: E402
+
+REQUIRED = ("compare_nt.py",)  # checked to be committed by export_source
+WATCHED = ("ntkc", "bench/models.py",
+           "bench/_nt_shim.py", "bench/compare_nt.py", "bench/_compare.py")
 
 DEFAULT_N = {"mlp": 32, "cnn": 16, "wrn": 8, "vit": 8, "mixer": 8}
 QUICK_N = {"mlp": 8, "cnn": 4, "wrn": 2, "vit": 2, "mixer": 2}
@@ -167,7 +175,6 @@ def _flops(compiled):
 
 def worker(spec_path: str, out_path: str) -> int:
     spec = json.loads(pathlib.Path(spec_path).read_text())
-    sys.path.insert(0, str(ROOT))
     import resource
 
     import jax
@@ -242,30 +249,6 @@ def worker(spec_path: str, out_path: str) -> int:
 # Driver.
 
 
-def export_source(dest: pathlib.Path) -> dict:
-    """Copies ``ntkc/`` and ``bench/`` at git HEAD to ``dest``: what the workers run, so that
-    uncommitted edits in a shared checkout do not leak into the measurement."""
-    import io
-    import tarfile
-
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD", "ntkc", "bench"],
-                             capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
-    if not (dest / "bench" / "compare_nt.py").exists():
-        raise SystemExit("bench/compare_nt.py is not committed; commit it or pass --worktree")
-    return _source_info(dest)
-
-
-def _source_info(src: pathlib.Path) -> dict:
-    git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True,  # noqa: E731
-                                    text=True).stdout.strip()
-    dirty = git("status", "--porcelain", "--", "ntkc", "bench/models.py", "bench/_nt_shim.py",
-                "bench/compare_nt.py")
-    return {"commit": git("rev-parse", "HEAD"), "source": "git HEAD" if src != ROOT else "working tree",
-            "uncommitted_changes_in_worktree": bool(dirty)}
-
-
 def run_worker(env: str, spec: dict, tmp: pathlib.Path, timeout: float, src: pathlib.Path) -> dict:
     folder = ENVS[env][0]
     spec_path, out_path = tmp / "spec.json", tmp / "out.json"
@@ -294,18 +277,6 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def _rel_dev(a_path: pathlib.Path, b_path: pathlib.Path):
-    import numpy as np
-
-    if not (a_path.exists() and b_path.exists()):
-        return None
-    a, b = np.load(a_path).astype(np.float64), np.load(b_path).astype(np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    scale = float(np.max(np.abs(b))) or 1.0
-    return float(np.max(np.abs(a - b))) / scale
-
-
 def summarize(runs: dict) -> dict:
     """runs: method -> list of per-round results -> one summary per method."""
     out = {}
@@ -332,17 +303,6 @@ def summarize(runs: dict) -> dict:
         if len(ok) < len(rounds):
             out[method]["errors_in_other_rounds"] = [r["error"] for r in rounds if "error" in r]
     return out
-
-
-def _fmt(v, spec):
-    if v is None:  # keep the column's width
-        width = "".join(c for c in spec.split(".")[0] if c.isdigit())
-        return format("-", f">{width}") if width else "-"
-    return format(v, spec)
-
-
-def _ratio(a, b):
-    return None if a is None or b is None or b == 0 else a / b
 
 
 def _mib(b):
@@ -494,10 +454,10 @@ def main(argv=None) -> int:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="compare-nt-"))
     try:
         if args.worktree:
-            src, source = ROOT, _source_info(ROOT)
+            src, source = ROOT, _compare.source_info(ROOT, WATCHED)
         else:
             src = tmp / "src"
-            source = export_source(src)
+            source = _compare.export_source(src, REQUIRED, WATCHED)
         log(f"ntkc and bench/ from {source['source']} {source['commit'][:10]}"
             + (" (with uncommitted changes)" if source["uncommitted_changes_in_worktree"] and src == ROOT
                else ""))

@@ -71,6 +71,14 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script (and in the workers): make `bench` importable
+    sys.path.insert(0, str(ROOT))
+from bench import _compare  # noqa: E402
+from bench._compare import fmt as _fmt, rel_dev as _rel_dev, ratio as _ratio  # noqa: E402
+
+REQUIRED = ("compare_torch.py", "_torch_models.py")  # checked to be committed by export_source
+WATCHED = ("ntkc", "bench/models.py",
+           "bench/_torch_models.py", "bench/compare_torch.py", "bench/_compare.py")
 
 DEFAULT_N = {"mlp": 32, "cnn": 16, "wrn": 8, "vit": 8, "mixer": 8}
 QUICK_N = {"mlp": 4, "cnn": 2, "wrn": 2, "vit": 2, "mixer": 2}
@@ -119,7 +127,6 @@ def torch_versions() -> dict:
 
 
 def export(model: str, n: int, outputs: int, path: str) -> int:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     import jax
     import numpy as np
 
@@ -305,7 +312,6 @@ def worker(spec_path: str) -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed by the libraries goes to stderr
     sys.stdout = sys.stderr
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     try:
         run = torch_worker if spec["library"] == "torch" else ntkc_worker
         return run(spec, proto)
@@ -402,52 +408,6 @@ class Worker:
             out.update(run_s=self.times, run_s_median=statistics.median(self.times), run_s_min=min(self.times))
         out["maxrss_mib"] = self.maxrss_mib
         return out
-
-
-def export_source(dest: pathlib.Path) -> dict:
-    """Copies ``ntkc/`` and ``bench/`` at git HEAD to ``dest``."""
-    import io
-    import tarfile
-
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD", "ntkc", "bench"],
-                             capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
-    for name in ("compare_torch.py", "_torch_models.py"):
-        if not (dest / "bench" / name).exists():
-            raise SystemExit(f"bench/{name} is not committed; commit it or pass --worktree")
-    return _source_info(dest)
-
-
-def _source_info(src: pathlib.Path) -> dict:
-    def git(*a):
-        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "ntkc", "bench/models.py", "bench/_torch_models.py",
-                "bench/compare_torch.py")
-    return {"commit": git("rev-parse", "HEAD"), "source": "git HEAD" if src != ROOT else "working tree",
-            "uncommitted_changes_in_worktree": bool(dirty)}
-
-
-def _rel_dev(a_path: pathlib.Path, b_path: pathlib.Path):
-    import numpy as np
-
-    if not (a_path.exists() and b_path.exists()):
-        return None
-    a, b = np.load(a_path).astype(np.float64), np.load(b_path).astype(np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    return float(np.max(np.abs(a - b))) / (float(np.max(np.abs(b))) or 1.0)
-
-
-def _fmt(v, spec, width=None):
-    if v is None:
-        return "-".rjust(width or int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 1))
-    return format(v, spec)
-
-
-def _ratio(a, b):
-    return None if a is None or b is None or not b else a / b
 
 
 def run_case(model, n, outputs, trace_axes, methods, args, src, tmp, log) -> dict:
@@ -661,10 +621,10 @@ def main(argv=None) -> int:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="compare-torch-"))
     try:
         if args.worktree:
-            src, source = ROOT, _source_info(ROOT)
+            src, source = ROOT, _compare.source_info(ROOT, WATCHED)
         else:
             src = tmp / "src"
-            source = export_source(src)
+            source = _compare.export_source(src, REQUIRED, WATCHED)
         log(f"ntkc and bench/ from {source['source']} {source['commit'][:10]}"
             + (" (with uncommitted changes)" if source["uncommitted_changes_in_worktree"] and src == ROOT else ""))
         for model in models:
