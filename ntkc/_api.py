@@ -314,10 +314,9 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
         x1, x2, params, **kwargs)[0]
     blocks = ""
     if chosen.block:  # the plan of one block: what each call of the split kernel runs
-        x1 = _split.take(x1, kwargs, chosen.batching.inputs, 0, chosen.block)[0]
-        x2 = None if x2 is None else _split.take(x2, kwargs, chosen.batching.inputs, 0,
-                                                 chosen.block)[0]
-        kwargs = _split.take(x1, kwargs, chosen.batching.inputs, 0, chosen.block)[1]
+        axes, size = chosen.batching.inputs, chosen.block
+        x2 = None if x2 is None else _split.take(x2, kwargs, axes, 0, size)[0]
+        x1, kwargs = _split.take(x1, kwargs, axes, 0, size)
         chosen = KernelFunction(f, method=method, memory_limit=memory_limit, **options).prepare(
             x1, x2, params, **kwargs)[0]
         blocks = f" in blocks of {chosen.batching.size1} examples"
