@@ -762,6 +762,14 @@ def check_conv_factor_is_the_patches(c, r):
     for i, l in enumerate(form.param_labels):
         if i != dn.rhs_spec[0]:
             assert l in labels and l not in form.out_labels
+    # and it holds the patches JAX's own extractor gives (y's layout, features (C, *filter))
+    e = r.eqn.params
+    filter_shape = tuple(w.shape[d] for d in dn.rhs_spec[2:])
+    ref = lax.conv_general_dilated_patches(
+        x, filter_shape, e["window_strides"], e["padding"], e["lhs_dilation"], e["rhs_dilation"], dn)
+    feat = dn.out_spec[1]
+    ref = ref.reshape(ref.shape[:feat] + (in_channels,) + filter_shape + ref.shape[feat + 1:])
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(ref))
 
 
 @check("grouped_patches")

@@ -66,14 +66,10 @@ def _conv(*, operands, index, outs, shapes, window_strides, padding, lhs_dilatio
     if index == 0:
         return [_conv_input_form(operands[1], shapes, out_shape, out, lhs_l, rhs_l, dn, groups,
                                  window_strides, padding, lhs_dilation, rhs_dilation, outs[0].dtype)]
-    lhs = operands[0]
     filter_shape = tuple(shapes[1][d] for d in dn.rhs_spec[2:])
-    patches = lax.conv_general_dilated_patches(
-        lhs, filter_shape, window_strides, padding, lhs_dilation, rhs_dilation, dn
-    )
-    # patches has y's layout with features (C, *filter) flattened: split that axis.
+    patches = image_patches(operands[0], filter_shape, out_shape, window_strides, padding,
+                            lhs_dilation, rhs_dilation, dn)
     feat = dn.out_spec[1]
-    patches = patches.reshape(patches.shape[:feat] + (n_in,) + filter_shape + patches.shape[feat + 1:])
     taps = [("k", i) for i in range(len(filter_shape))]
     if groups == 1:
         labels = out[:feat] + ["c"] + taps + out[feat + 1:]
@@ -84,6 +80,41 @@ def _conv(*, operands, index, outs, shapes, window_strides, padding, lhs_dilatio
     patches = jnp.take(patches, jnp.asarray(channel), axis=feat)  # c -> (o, c within group)
     labels = out[:feat] + ["o", "c"] + taps + out[feat + 1:]
     return [Form(out, rhs_l, ((patches, labels),), "identity on out features; dense factor (grouped patches)")]
+
+
+def image_patches(lhs, filter_shape, out_shape, strides, padding, lhs_dilation, rhs_dilation, dn):
+    """The conv's input windows in y's layout, y's feature axis replaced by (C, *filter) axes.
+
+    One strided slice of the padded, dilated input per filter tap: pure data movement. (JAX's
+    ``conv_general_dilated_patches`` is a grouped convolution with a one-hot kernel, which
+    XLA:CPU runs 10-100x slower than these slices.)
+    """
+    spatial = len(filter_shape)
+    # Input as (N, C, *spatial), padded and dilated as the convolution sees it.
+    x = jnp.transpose(lhs, (dn.lhs_spec[0], dn.lhs_spec[1]) + tuple(dn.lhs_spec[2:]))
+    zero = jnp.zeros((), x.dtype)
+    x = lax.pad(x, zero, [(0, 0, 0), (0, 0, 0)] + [
+        (lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation)])
+    out_spatial = [out_shape[d] for d in dn.out_spec[2:]]
+    windows = []
+    for tap in np.ndindex(*filter_shape):
+        start = [0, 0] + [k * d for k, d in zip(tap, rhs_dilation)]
+        limit = [x.shape[0], x.shape[1]] + [
+            b + (n - 1) * s + 1 for b, n, s in zip(start[2:], out_spatial, strides)]
+        windows.append(lax.slice(x, start, limit, [1, 1] + list(strides)))
+    patches = jnp.stack(windows, axis=2).reshape(x.shape[:2] + tuple(filter_shape) + tuple(out_spatial))
+    # (N, C, *filter, *out spatial) -> y's layout with (C, *filter) at the feature axis.
+    batch, feat = dn.out_spec[0], dn.out_spec[1]
+    rest = [2 + spatial + i for i in range(spatial)]  # output spatial axes in out_spec order
+    order = []
+    for axis in range(len(out_shape)):
+        if axis == batch:
+            order.append(0)
+        elif axis == feat:
+            order.extend(range(1, 2 + spatial))
+        else:
+            order.append(rest[list(dn.out_spec[2:]).index(axis)])
+    return jnp.transpose(patches, order)
 
 
 def _conv_input_form(kernel, shapes, out_shape, out, lhs_l, rhs_l, dn, groups, strides, padding,
