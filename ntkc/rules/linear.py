@@ -85,36 +85,37 @@ def _conv(*, operands, index, outs, shapes, window_strides, padding, lhs_dilatio
 def image_patches(lhs, filter_shape, out_shape, strides, padding, lhs_dilation, rhs_dilation, dn):
     """The conv's input windows in y's layout, y's feature axis replaced by (C, *filter) axes.
 
-    One strided slice of the padded, dilated input per filter tap: pure data movement. (JAX's
-    ``conv_general_dilated_patches`` is a grouped convolution with a one-hot kernel, which
-    XLA:CPU runs 10-100x slower than these slices.)
+    One strided slice of the padded, dilated input per filter tap, stacked next to the input's
+    feature axis: pure data movement, in the input's own layout (for NHWC in and out, no
+    transpose). JAX's ``conv_general_dilated_patches`` is a grouped convolution with a one-hot
+    kernel, which XLA:CPU runs 10-100x slower than these slices.
     """
-    spatial = len(filter_shape)
-    # Input as (N, C, *spatial), padded and dilated as the convolution sees it.
-    x = jnp.transpose(lhs, (dn.lhs_spec[0], dn.lhs_spec[1]) + tuple(dn.lhs_spec[2:]))
-    zero = jnp.zeros((), x.dtype)
-    x = lax.pad(x, zero, [(0, 0, 0), (0, 0, 0)] + [
-        (lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation)])
-    out_spatial = [out_shape[d] for d in dn.out_spec[2:]]
+    spatial = dn.lhs_spec[2:]
+    pads = [(0, 0, 0)] * lhs.ndim
+    for axis, (lo, hi), d in zip(spatial, padding, lhs_dilation):
+        pads[axis] = (lo, hi, d - 1)
+    x = lax.pad(lhs, jnp.zeros((), lhs.dtype), pads)
+    out_sizes = [out_shape[d] for d in dn.out_spec[2:]]
     windows = []
     for tap in np.ndindex(*filter_shape):
-        start = [0, 0] + [k * d for k, d in zip(tap, rhs_dilation)]
-        limit = [x.shape[0], x.shape[1]] + [
-            b + (n - 1) * s + 1 for b, n, s in zip(start[2:], out_spatial, strides)]
-        windows.append(lax.slice(x, start, limit, [1, 1] + list(strides)))
-    patches = jnp.stack(windows, axis=2).reshape(x.shape[:2] + tuple(filter_shape) + tuple(out_spatial))
-    # (N, C, *filter, *out spatial) -> y's layout with (C, *filter) at the feature axis.
-    batch, feat = dn.out_spec[0], dn.out_spec[1]
-    rest = [2 + spatial + i for i in range(spatial)]  # output spatial axes in out_spec order
-    order = []
-    for axis in range(len(out_shape)):
-        if axis == batch:
-            order.append(0)
-        elif axis == feat:
-            order.extend(range(1, 2 + spatial))
-        else:
-            order.append(rest[list(dn.out_spec[2:]).index(axis)])
-    return jnp.transpose(patches, order)
+        start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
+        for axis, k, d, n, s in zip(spatial, tap, rhs_dilation, out_sizes, strides):
+            start[axis], limit[axis], step[axis] = k * d, k * d + (n - 1) * s + 1, s
+        windows.append(lax.slice(x, start, limit, step))
+    feat = dn.lhs_spec[1]
+    patches = jnp.stack(windows, axis=feat + 1)
+    patches = patches.reshape(patches.shape[:feat + 1] + tuple(filter_shape) + patches.shape[feat + 2:])
+    # Axis a of the input sits at a, or a + len(filter) after the feature axis (expanded to
+    # (C, *filter)); reorder to y's layout.
+    expanded = lambda a: [a] if a < feat else (list(range(feat, feat + 1 + len(spatial)))
+                                             if a == feat else [a + len(spatial)])
+    order = [None] * len(out_shape)
+    order[dn.out_spec[0]] = expanded(dn.lhs_spec[0])
+    order[dn.out_spec[1]] = expanded(feat)
+    for o, i in zip(dn.out_spec[2:], spatial):
+        order[o] = expanded(i)
+    order = [a for axes in order for a in axes]
+    return patches if order == sorted(order) else jnp.transpose(patches, order)
 
 
 def _conv_input_form(kernel, shapes, out_shape, out, lhs_l, rhs_l, dn, groups, strides, padding,
