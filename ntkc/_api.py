@@ -134,6 +134,7 @@ class KernelFunction:
         self.by_param = bool(by_param)
         self._jitted = jax.jit(functools.partial(_compute, f), static_argnames=("config",))
         self._configs: dict[Any, Config] = {}
+        self._records: dict[Any, list | None] = {}
         self.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
 
     def _resolve(self, x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
@@ -177,7 +178,7 @@ class KernelFunction:
         if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
-            req = _request(f, config, args)
+            req = self.request(config, args)
             if method == "auto":
                 resolved = _auto.resolve(req, config)
                 if resolved is None:
@@ -242,6 +243,32 @@ class KernelFunction:
         raise PathMemoryError(f"memory_limit={self.memory_limit}: {err.why}, and not even for "
                               "one example at a time")
 
+    def structured_records(self, config: Config, args, warn: bool = True) -> list | None:
+        """The structured plan's records for ``args`` (None: it cannot be planned).
+
+        Traced through ``self._jitted`` with the structured config, so that when ``auto``
+        resolves to ``structured`` the kernel's own call finds that trace in jit's cache
+        instead of tracing the whole structured program a second time.
+        """
+        structured = dataclasses.replace(config, method="structured", leaf_methods=None,
+                                         block=None, read_rng=None)
+        key = (signature(args), structured)
+        if key not in self._records:
+            records = _auto.record_structured(self._jitted, structured, args, warn)
+            if records is not None and not records:  # jit had the trace cached: trace again
+                records = _auto.record_structured(functools.partial(_compute, self.f),
+                                                  structured, args, warn)
+            self._records[key] = records
+        return self._records[key]
+
+    def request(self, config: Config, args, warn: bool = True):
+        """The cost model's view (``ntkc.passes.assign.Request``) of ``args`` under ``config``."""
+        x1, x2, params, dyn1, dyn2 = args
+        return _auto.request(self.f, config, params, x1, x1 if x2 is None else x2,
+                             merge_kwargs(config.static_kwargs1, dyn1),
+                             merge_kwargs(config.static_kwargs2, dyn2),
+                             self.structured_records(config, args, warn))
+
     def __call__(self, x1, x2, params, **kwargs):
         config, args = self.prepare(x1, x2, params, **kwargs)
         if config.block:
@@ -278,15 +305,7 @@ def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
     options.pop("method", None)
     kfn = KernelFunction(f, method="jacobian", **options)
     config, args = kfn.prepare(x1, x2, params, **kwargs)
-    return _auto.method_costs(_request(f, config, args, warn=False))
-
-
-def _request(f, config, args, warn=True):
-    x1, x2, params, dyn1, dyn2 = args
-    records = _auto.record_structured(functools.partial(_compute, f), config, args, warn)
-    return _auto.request(f, config, params, x1, x1 if x2 is None else x2,
-                         merge_kwargs(config.static_kwargs1, dyn1),
-                         merge_kwargs(config.static_kwargs2, dyn2), records)
+    return _auto.method_costs(kfn.request(config, args, warn=False))
 
 
 def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
@@ -310,23 +329,22 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     check_method(method)
     options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes,
                    strict=strict)
-    chosen = KernelFunction(f, method=method, memory_limit=memory_limit, **options).prepare(
-        x1, x2, params, **kwargs)[0]
+    kfn = KernelFunction(f, method=method, memory_limit=memory_limit, **options)
+    chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
     blocks = ""
     if chosen.block:  # the plan of one block: what each call of the split kernel runs
         axes, size = chosen.batching.inputs, chosen.block
         x2 = None if x2 is None else _split.take(x2, kwargs, axes, 0, size)[0]
         x1, kwargs = _split.take(x1, kwargs, axes, 0, size)
-        chosen = KernelFunction(f, method=method, memory_limit=memory_limit, **options).prepare(
-            x1, x2, params, **kwargs)[0]
+        chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
         blocks = f" in blocks of {chosen.batching.size1} examples"
-    structured = KernelFunction(f, method="structured", **options)
-    config, args = structured.prepare(x1, x2, params, **kwargs)
+    config, args = KernelFunction(f, method="structured", **options).prepare(
+        x1, x2, params, **kwargs)
     config = dataclasses.replace(config, memory_limit=memory_limit)
-    records = _plan.record(functools.partial(_compute, f, config=config), args)
-    req = _auto.request(f, config, params, x1, x1 if x2 is None else x2,
-                        merge_kwargs(config.static_kwargs1, args[3]),
-                        merge_kwargs(config.static_kwargs2, args[4]), records)
+    records = kfn.structured_records(config, args, warn=False)
+    if records is None:  # raise the structured method's own error
+        records = _plan.record(functools.partial(_compute, f, config=config), args)
+    req = kfn.request(config, args)
     outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
     output_names = [jax.tree_util.keystr(p) or "output"
                     for p, _ in jax.tree_util.tree_flatten_with_path(outputs)[0]]

@@ -210,6 +210,27 @@ def _args(model):
     return f, x1, None, params
 
 
+def test_auto_traces_the_structured_program_once(monkeypatch):
+    """Choosing traces the structured program to cost it; when auto picks it, the kernel's call
+    reuses that trace (jit's cache) instead of tracing it again, and so does ntkc.plan."""
+    from ntkc import _api
+
+    traced = []
+    structured = _api._KERNELS["structured"]
+    monkeypatch.setitem(_api._KERNELS, "structured", lambda prob: traced.append(1) or structured(prob))
+    f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+    params = {"w": normal((6, 256)), "v": normal((256, 3))}
+    x1, x2 = normal((4, 6)), normal((5, 6))
+    kfn = ntkc.ntk_fn(f, vmap_axes=0)
+    got = kfn(x1, x2, params)
+    assert kfn.prepare(x1, x2, params)[0].method == "structured"
+    assert len(traced) == 1
+    np.testing.assert_allclose(got, reference_ntk(f, x1, x2, params), rtol=1e-10)
+    traced.clear()
+    assert ntkc.plan(f, x1, x2, params, vmap_axes=0).method == "structured"
+    assert len(traced) == 1
+
+
 def test_repeated_side_steps_are_free_when_x2_is_x1():
     """A dense layer's term x1 (w-side) pairs with itself: the side-local steps repeat."""
     f = lambda p, x: (x @ p["w"]) @ p["v"]

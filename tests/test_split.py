@@ -26,10 +26,8 @@ def f(p, x):
 
 def peak(kfn, x1, x2):
     """The planner's working-set estimate of the method the kernel function resolved to."""
-    from ntkc._api import _request
-
     config, args = kfn.prepare(x1, x2, PARAMS)
-    req = _request(f, config, args)
+    req = kfn.request(config, args)
     return req.peak(config.leaf_methods or (config.method,) * len(req.leaf_sizes))
 
 
