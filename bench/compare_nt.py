@@ -191,7 +191,7 @@ def worker(spec_path: str, out_path: str) -> int:
         def make(f, method, trace_axes):
             kernel_fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0,
                                             implementation=NT_IMPL[method])
-            return kernel_fn, None
+            return kernel_fn, None, None
     else:
         import ntkc
 
@@ -199,7 +199,7 @@ def worker(spec_path: str, out_path: str) -> int:
 
         def make(f, method, trace_axes):
             kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
-            return kernel_fn, kernel_fn.prepare
+            return kernel_fn, kernel_fn.prepare, kernel_fn.compiler_options
 
     from bench.models import MODELS
 
@@ -214,12 +214,15 @@ def worker(spec_path: str, out_path: str) -> int:
     for method in spec["methods"]:
         r = {"method": method}
         try:
-            kernel_fn, prepare = make(f, method, trace_axes)
+            kernel_fn, prepare, options = make(f, method, trace_axes)
             start = time.perf_counter()
             if prepare is not None:
                 config, _ = prepare(x, None, params)
                 r["resolved"] = config.method
-            lowered = jax.jit(lambda x, p: kernel_fn(x, None, p)).lower(x, params)
+            # ntkc's own XLA options (none on JAX 0.9.2, where they are XLA's defaults)
+            jit_options = options(x, None, params) if options else None
+            lowered = jax.jit(lambda x, p: kernel_fn(x, None, p),
+                              compiler_options=jit_options or None).lower(x, params)
             r["trace_s"] = time.perf_counter() - start
             start = time.perf_counter()
             compiled = lowered.compile()

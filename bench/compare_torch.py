@@ -281,7 +281,8 @@ def ntkc_worker(spec: dict, proto) -> int:
     start = time.perf_counter()
     config, _ = kernel_fn.prepare(x, None, params)
     info["resolved"] = config.method
-    lowered = jax.jit(lambda x, p: kernel_fn(x, None, p)).lower(x, params)
+    lowered = jax.jit(lambda x, p: kernel_fn(x, None, p),
+                      compiler_options=kernel_fn.compiler_options(x, None, params)).lower(x, params)
     info["trace_s"] = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()

@@ -146,8 +146,9 @@ def time_naive_tiles(f, params, x, batch_size, trace_axes, method, tiles):
     start = time.perf_counter()
     kernel_fn(a, b, params).block_until_ready()
     compile_s = time.perf_counter() - start
-    config, args = kernel_fn.prepare(a, b, params)
-    peak = _program_bytes(kernel_fn._jitted, *args, config=config)
+    config, _ = kernel_fn.prepare(a, b, params)
+    peak = _program_bytes(jax.jit(lambda a, b, p: kernel_fn(a, b, p), compiler_options=config.jit_options),
+                          a, b, params)
     times = []
     for t in range(tiles):
         i, j = (t * batch_size) % len(x), ((t + 1) * batch_size) % len(x)

@@ -135,7 +135,9 @@ def measure(f, params, x, method, trace_axes, repeats, max_bytes, point_budget_s
 
     kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
     start = time.perf_counter()
-    compiled = jax.jit(lambda x, p: kernel_fn(x, None, p)).lower(x, params).compile()
+    compiled = jax.jit(lambda x, p: kernel_fn(x, None, p),
+                       compiler_options=kernel_fn.compiler_options(x, None, params)
+                       ).lower(x, params).compile()
     row = {"compile_s": time.perf_counter() - start, "peak_bytes": _peak_bytes(compiled),
            "xla_flops": _xla_flops(compiled)}
     if row["peak_bytes"] is not None and row["peak_bytes"] > max_bytes:

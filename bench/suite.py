@@ -68,7 +68,8 @@ def compile_case(f, params, x, method, trace_axes):
     kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
     start = time.perf_counter()
     config, _ = kernel_fn.prepare(x, None, params)
-    lowered = jax.jit(lambda x, p: kernel_fn(x, None, p)).lower(x, params)
+    lowered = jax.jit(lambda x, p: kernel_fn(x, None, p),
+                      compiler_options=kernel_fn.compiler_options(x, None, params)).lower(x, params)
     trace_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()

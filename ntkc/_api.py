@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import jax
 
-from ntkc import _auto, _plan, _split, pipeline
+from ntkc import _auto, _compat, _plan, _split, pipeline
 from ntkc._args import (METHODS, check_example_outputs, check_method, check_params,  # noqa: F401
                         output_shapes, per_leaf_methods, read_keys, resolve_batching, signature,
                         split_kwargs)
@@ -132,7 +132,7 @@ class KernelFunction:
         self.trace_axes, self.diagonal_axes, self.vmap_axes = trace_axes, diagonal_axes, vmap_axes
         self.method, self.strict, self.memory_limit = method, strict, memory_limit
         self.by_param = bool(by_param)
-        self._jitted = jax.jit(functools.partial(_compute, f), static_argnames=("config",))
+        self._jit_by_options: dict[tuple, Callable] = {}
         self._configs: dict[Any, Config] = {}
         self._records: dict[Any, list | None] = {}
         self.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
@@ -146,7 +146,7 @@ class KernelFunction:
                 f"x1 and x2 have different structures: {jax.tree.structure(x1)} and "
                 f"{jax.tree.structure(x2)}"
             )
-        out1 = output_shapes(f, params, x1, kwargs1, "x1")
+        out1, jaxpr = output_shapes(f, params, x1, kwargs1, "x1", with_jaxpr=True)
         out2 = out1 if x2_is_x1 else output_shapes(f, params, x2, kwargs2, "x2")
         treedef = jax.tree.structure(out1)
         if jax.tree.structure(out2) != treedef:
@@ -172,6 +172,7 @@ class KernelFunction:
             method=method, axes=axes, out_treedef=treedef, batching=batching,
             x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2,
             strict=self.strict, memory_limit=self.memory_limit, by_param=self.by_param,
+            compiler_options=_compat.compiler_options(jaxpr),
         )
         if not isinstance(method, str):
             config = per_leaf_methods(config, method, params)
@@ -243,10 +244,32 @@ class KernelFunction:
         raise PathMemoryError(f"memory_limit={self.memory_limit}: {err.why}, and not even for "
                               "one example at a time")
 
+    def _jit(self, config: Config, args) -> Callable:
+        """``_compute`` under ``jax.jit``, with ``config.compiler_options`` when it is the
+        top-level jit (JAX refuses options on a nested one: then XLA's defaults apply)."""
+        options = () if _compat.is_traced(args) else config.compiler_options
+        jitted = self._jit_by_options.get(options)
+        if jitted is None:
+            jitted = self._jit_by_options[options] = jax.jit(
+                functools.partial(_compute, self.f), static_argnames=("config",),
+                compiler_options=dict(options) or None)
+        return jitted
+
+    def compiler_options(self, x1, x2, params, **kwargs) -> dict:
+        """The XLA compiler options this kernel function compiles its program with, for these
+        arguments (on CPU: XLA's own convolution kernels when f has convolutions; usually {}).
+
+        They apply when ntkc's ``jax.jit`` is the outermost one. To keep them with the kernel
+        inside a function of your own, jit that one with them::
+
+            step = jax.jit(step, compiler_options=kernel_fn.compiler_options(x, None, params))
+        """
+        return dict(self.prepare(x1, x2, params, **kwargs)[0].compiler_options)
+
     def structured_records(self, config: Config, args, warn: bool = True) -> list | None:
         """The structured plan's records for ``args`` (None: it cannot be planned).
 
-        Traced through ``self._jitted`` with the structured config, so that when ``auto``
+        Traced through the kernel's own ``jax.jit`` with the structured config, so that when ``auto``
         resolves to ``structured`` the kernel's own call finds that trace in jit's cache
         instead of tracing the whole structured program a second time.
         """
@@ -254,10 +277,15 @@ class KernelFunction:
                                          block=None, read_rng=None)
         key = (signature(args), structured)
         if key not in self._records:
-            records = _auto.record_structured(self._jitted, structured, args, warn)
+            jitted = self._jit(structured, args)
+            # jit's own trace (of tracers: an abstract evaluation), which its call then reuses
+            run = ((lambda c: jax.eval_shape(functools.partial(jitted, config=c), *args))
+                   if _compat.is_traced(args) else (lambda c: jitted.trace(*args, config=c)))
+            records = _auto.record_structured(run, structured, warn)
             if records is not None and not records:  # jit had the trace cached: trace again
-                records = _auto.record_structured(functools.partial(_compute, self.f),
-                                                  structured, args, warn)
+                records = _auto.record_structured(
+                    lambda c: jax.eval_shape(functools.partial(_compute, self.f, config=c), *args),
+                    structured, warn)
             self._records[key] = records
         return self._records[key]
 
@@ -273,7 +301,7 @@ class KernelFunction:
         config, args = self.prepare(x1, x2, params, **kwargs)
         if config.block:
             return self._blockwise(config, x1, x2, params, kwargs)
-        return self._jitted(*args, config=config)
+        return self._jit(config, args)(*args, config=config)
 
     def _blockwise(self, config, x1, x2, params, kwargs):
         """The kernel from blocks of ``config.block`` examples, each a call that fits."""
@@ -343,7 +371,8 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     config = dataclasses.replace(config, memory_limit=memory_limit)
     records = kfn.structured_records(config, args, warn=False)
     if records is None:  # raise the structured method's own error
-        records = _plan.record(functools.partial(_compute, f, config=config), args)
+        records = _plan.record(
+            lambda: jax.eval_shape(functools.partial(_compute, f, config=config), *args))
     req = kfn.request(config, args)
     outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
     output_names = [jax.tree_util.keystr(p) or "output"

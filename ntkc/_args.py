@@ -109,9 +109,10 @@ def read_keys(key1, key2, pair: bool, x1, x2):
     return key1, jnp.where(same, key1, jax.random.fold_in(key1, 1))
 
 
-def output_shapes(f, params, x, kwargs, name):
+def output_shapes(f, params, x, kwargs, name, with_jaxpr=False):
+    """f's output shapes for ``x`` (and with ``with_jaxpr``, ``(shapes, f's closed jaxpr)``)."""
     try:
-        out = jax.eval_shape(lambda p, x: f(p, x, **kwargs), params, x)
+        jaxpr, out = jax.make_jaxpr(lambda p, x: f(p, x, **kwargs), return_shape=True)(params, x)
     except Exception as err:  # the user's function rejected the input: say which one
         call = f"f(params, {name}, **kwargs)" if kwargs else f"f(params, {name})"
         raise ValueError(
@@ -121,7 +122,7 @@ def output_shapes(f, params, x, kwargs, name):
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
             raise TypeError(f"f(params, {name}) returns a leaf of dtype {leaf.dtype}; "
                             "outputs must be floating point")
-    return out
+    return (out, jaxpr) if with_jaxpr else out
 
 
 def _flat_prefix(prefix, tree, name, what):

@@ -113,12 +113,13 @@ def _repeated_side_flops(record) -> float:
     return repeated
 
 
-def record_structured(compute, config: Config, args, warn: bool = True):
-    """The structured plan's records for ``args``, or None when it cannot be planned (with a
-    warning, unless no contraction order fits ``memory_limit``)."""
+def record_structured(trace, config: Config, warn: bool = True):
+    """The structured plan's records, or None when it cannot be planned (with a warning, unless
+    no contraction order fits ``memory_limit``). ``trace(config)`` traces the kernel program
+    abstractly under ``config``."""
     structured = dataclasses.replace(config, method="structured", leaf_methods=None)
     try:
-        return _plan.record(lambda *a: compute(*a, config=structured), args)
+        return _plan.record(lambda: trace(structured))
     except PathMemoryError:
         return None  # no contraction order fits memory_limit: the structured method is out
     except Exception as err:  # auto stays usable; the structured method reports its own errors

@@ -6,6 +6,10 @@ primitives, which have changed between releases.
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import numpy as np
 from jax.extend import core as jex_core
 
 Literal = jex_core.Literal
@@ -73,3 +77,63 @@ def _find_add_any():
 
 
 add_any_p = _find_add_any()
+
+
+def sub_jaxprs(eqn) -> list:
+    """The jaxprs in an equation's parameters (a scan's body, a cond's branches, a jit's call)."""
+    subs = []
+    for v in eqn.params.values():
+        for s in v if isinstance(v, (tuple, list)) else [v]:
+            if isinstance(s, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
+                subs.append(s)
+    return subs
+
+
+def primitive_names(jaxpr) -> set[str]:
+    """The names of the primitives a (closed) jaxpr uses, sub-jaxprs included."""
+    if isinstance(jaxpr, jex_core.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in sub_jaxprs(eqn):
+            names |= primitive_names(sub)
+    return names
+
+
+# XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK, which runs the NTK's batched 3x3
+# convolutions and their transposes at 60-85 GFLOP/s on an AVX-512 CPU, against 150-190 for
+# XLA's own kernels (as in jaxlib 0.9, whose default this restores: YNNPACK for dots only).
+# A per-program debug option, passed by jax.jit(compiler_options=...).
+_CPU_CONV_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
+
+
+@functools.cache
+def _cpu_conv_options() -> tuple:
+    """``_CPU_CONV_OPTIONS`` when the default backend is a CPU whose XLA accepts them, else ()."""
+    if jax.default_backend() != "cpu":
+        return ()
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(_CPU_CONV_OPTIONS)).lower(
+            np.float32(0)).compile()
+    except Exception:  # an XLA without this option (older or newer): keep its defaults
+        return ()
+    return _CPU_CONV_OPTIONS
+
+
+def compiler_options(jaxpr) -> tuple:
+    """XLA options (sorted ``(name, value)`` pairs) for the kernel programs of a function with
+    this jaxpr: on CPU, convolutions by XLA's own kernels; () otherwise."""
+    if "conv_general_dilated" not in primitive_names(jaxpr):
+        return ()
+    return _cpu_conv_options()
+
+
+def known_options(options: dict) -> tuple:
+    """The XLA options (as saved by ``Compiled.save``) that this JAX's backend accepts."""
+    return tuple(sorted(o for o in options.items() if o in _cpu_conv_options()))
+
+
+def is_traced(tree) -> bool:
+    """Whether any leaf is a tracer (the call runs inside a jit, vmap, grad or eval_shape)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))

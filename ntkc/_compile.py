@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from ntkc import _compat
 from ntkc._api import KernelFunction, _compute
 from ntkc.passes.cost import Cost
 from ntkc._api import plan as _plan_fn
@@ -333,7 +334,7 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
         out = _compute(f, t1, t2, tp, dyn1, dyn2, config=config)
         return jax.tree.leaves(out)
 
-    jitted = jax.jit(flat_fn)
+    jitted = jax.jit(flat_fn, compiler_options=config.jit_options)
     lowered = jitted.lower(*signature.abstract_leaves())
     executable = lowered.compile()
     plan_args = dict(options, kwargs=kwargs)
@@ -415,6 +416,7 @@ class Compiled:
             "platforms": list(exported.platforms),
             "x64": _uses_x64(dtypes),
             "method": self.method,
+            "compiler_options": dict(self._config.compiler_options),
             "options": {
                 "trace_axes": repr(opts["trace_axes"]),
                 "diagonal_axes": repr(opts["diagonal_axes"]),
@@ -533,7 +535,8 @@ class Loaded:
         self.path, self.metadata, self.exported = path, metadata, exported
         self.method = metadata.get("method")
         self._signature, self._outputs = signature, outputs
-        self._call = jax.jit(exported.call)
+        options = _compat.known_options(metadata.get("compiler_options", {}))
+        self._call = jax.jit(exported.call, compiler_options=dict(options) or None)
 
     def __call__(self, x1, x2, params):
         if self.metadata.get("x64") and not jax.config.jax_enable_x64:

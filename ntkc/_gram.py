@@ -241,7 +241,7 @@ class _Factored:
             if self.mesh.size > 1:
                 local = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(_AXIS)),
                                       out_specs=P(_AXIS), check_vma=False)
-            fn = self._sides[n] = jax.jit(local)
+            fn = self._sides[n] = jax.jit(local, compiler_options=config.jit_options)
         return fn(self.params, block)
 
     def pair(self, side1, n1, side2, n2, column_like) -> list:
@@ -250,14 +250,16 @@ class _Factored:
         key = (n1, n2, column_like is self.like1)
         fn = self._pairs.get(key)
         if fn is None:
-            local = functools.partial(self._pair_local, self._config(n1 // d, n2 // d, column_like))
+            config = self._config(n1 // d, n2 // d, column_like)
+            local = functools.partial(self._pair_local, config)
             if d > 1:
                 fn = jax.jit(jax.shard_map(functools.partial(_strip, local, d), mesh=self.mesh,
                                            in_specs=(P(), P(_AXIS), P()), out_specs=P(_AXIS),
                                            check_vma=False),
-                             out_shardings=NamedSharding(self.mesh, P()))
+                             out_shardings=NamedSharding(self.mesh, P()),
+                             compiler_options=config.jit_options)
             else:
-                fn = jax.jit(local)
+                fn = jax.jit(local, compiler_options=config.jit_options)
             self._pairs[key] = fn
         return [_host(t) for t in fn(self.params, side1, side2)]
 

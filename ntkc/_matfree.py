@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.sparse.linalg import cg
 
+from ntkc import _compat
 from ntkc._api import check_params
 
 
@@ -40,7 +42,7 @@ def ntk_vp_fn(f: Callable, x1, x2, params, **kwargs) -> Callable:
     x2 = x1 if x2 is None else x2
     f1 = lambda p: f(p, x1, **kwargs)
     f2 = lambda p: f(p, x2, **kwargs)
-    out2 = jax.eval_shape(f2, params)
+    jaxpr, out2 = jax.make_jaxpr(f2, return_shape=True)(params)
     out_shapes = [o.shape for o in jax.tree.leaves(out2)]
 
     def product(v):
@@ -48,7 +50,7 @@ def ntk_vp_fn(f: Callable, x1, x2, params, **kwargs) -> Callable:
         (u,) = pullback(v)
         return jax.jvp(f1, (params,), (u,))[1]
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=dict(_compat.compiler_options(jaxpr)) or None)
     def apply(v):
         shapes = [jnp.shape(l) for l in jax.tree.leaves(v)]
         if jax.tree.structure(v) != jax.tree.structure(out2):

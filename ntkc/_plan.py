@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import string
+from typing import Any, Callable
 
 import jax
 
@@ -77,11 +78,12 @@ def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_nam
                 leaf_methods, method_costs)
 
 
-def record(compute, args) -> list:
-    """Traces ``compute(*args)`` abstractly, returning the contractions it records."""
+def record(trace: Callable[[], Any]) -> list:
+    """Runs ``trace()`` (an abstract trace of a kernel program), returning the contractions
+    it records."""
     network.RECORD = []
     try:
-        jax.eval_shape(compute, *args)
+        trace()
         return network.RECORD
     finally:
         network.RECORD = None

@@ -50,6 +50,12 @@ class Config:
     read_rng: str | None = None  # "key" or "pair": derive x2's key (see _api.read_keys)
     leaf_methods: tuple[str, ...] | None = None  # method "mixed": the method of each params leaf
     block: int | None = None  # method "blocks": examples per block under memory_limit
+    compiler_options: tuple = ()  # XLA options of the kernel's programs (_compat.compiler_options)
+
+    @property
+    def jit_options(self) -> dict | None:
+        """``compiler_options`` as ``jax.jit`` takes them."""
+        return dict(self.compiler_options) or None
 
 
 def merge_kwargs(static, dynamic_leaves):

@@ -12,6 +12,8 @@ from typing import Iterable, Mapping, Sequence
 
 from jax.extend import core as jex_core
 
+from ntkc._compat import sub_jaxprs
+
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
@@ -76,20 +78,11 @@ def contraction_cost(
 # ----------------------------------------------------------------------------- jaxpr FLOPs
 
 
-def _sub_jaxprs(eqn) -> list:
-    subs = []
-    for v in eqn.params.values():
-        for s in v if isinstance(v, (tuple, list)) else [v]:
-            if isinstance(s, (jex_core.ClosedJaxpr, jex_core.Jaxpr)):
-                subs.append(s)
-    return subs
-
-
 def eqn_flops(eqn) -> float:
     """Approximate FLOPs of one equation: matmuls and convolutions exactly (a multiply-add counts
     2), one per output element for anything else; sub-jaxprs (a scan's body times its length)
     recursively."""
-    subs = _sub_jaxprs(eqn)
+    subs = sub_jaxprs(eqn)
     if subs:
         return eqn.params.get("length", 1) * sum(jaxpr_flops(s) for s in subs)
     name = eqn.primitive.name
