@@ -93,3 +93,17 @@ def test_gram_programs_use_the_kernel_functions_options():
     gram = ntkc.gram(f, params, x, batch_size=len(x1), method="structured", vmap_axes=0,
                      progress=False)
     np.testing.assert_allclose(gram, reference_ntk(f, x, None, params), rtol=1e-10, atol=1e-12)
+
+
+def test_inside_a_users_jit_the_kernel_takes_the_outer_options():
+    """Called under a tracer (grad, the user's jit), the kernel function's own jit carries no
+    options (JAX refuses them on a nested jit); the user's top-level jit can carry them."""
+    f, params, x1, _ = models.cnn()
+    kfn = ntkc.ntk_fn(f, vmap_axes=0)
+    loss = lambda x, p: jnp.sum(kfn(x, None, p) ** 2)
+    options = kfn.compiler_options(x1, None, params)
+    with_options = jax.jit(jax.grad(loss), compiler_options=options or None)(x1, params)
+    plain = jax.jit(jax.grad(loss))(x1, params)
+    eager = jax.grad(loss)(x1, params)
+    np.testing.assert_allclose(with_options, plain, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(eager, plain, rtol=1e-10, atol=1e-12)
