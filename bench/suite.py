@@ -85,20 +85,31 @@ def compile_case(f, params, x, method, trace_axes):
     }
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of n methods in which each method runs right after every other one equally often
+    (a balanced Latin square): a large program leaves the allocator and caches in a state the
+    next program pays for, so no method may always follow the same one."""
+    base = [0] + [(k + 1) // 2 if k % 2 else n - k // 2 for k in range(1, n)]
+    rows = [[(b + i) % n for b in base] for i in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def time_interleaved(programs: dict, x, params, repeats, min_seconds=0.5, max_rounds=50) -> dict:
-    """Median and min run seconds per method, one run of each method per round, the order
-    reversed every other round, so that drift of a shared machine falls on all alike. Rounds
-    go on past ``repeats`` (up to ``max_rounds``) until every method has run ``min_seconds`` in
-    all: millisecond programs need many runs for a stable median."""
+    """Median and min run seconds per method, one run of each method per round, the rounds'
+    orders from :func:`balanced_orders`, so that drift of a shared machine and the state one
+    program leaves to the next fall on all alike. Rounds go on past ``repeats`` (up to
+    ``max_rounds``) until every method has run ``min_seconds`` in all: millisecond programs
+    need many runs for a stable median."""
     times = {m: [] for m in programs}
-    order = list(programs)
+    names = list(programs)
+    orders = balanced_orders(len(names))
     r = 0
     while r < repeats or (r < max_rounds and min(map(sum, times.values())) < min_seconds):
-        r += 1
-        for m in (order if r % 2 else order[::-1]):
+        for m in (names[i] for i in orders[r % len(orders)]):
             t = time.perf_counter()
             programs[m](x, params).block_until_ready()
             times[m].append(time.perf_counter() - t)
+        r += 1
     return {m: {"run_s_median": statistics.median(ts), "run_s_min": min(ts), "runs": len(ts)}
             for m, ts in times.items()}
 

@@ -28,3 +28,17 @@ def test_bench_rejects_an_unknown_model(capsys):
         cli.main(["bench", "--models", "nope"])
     assert info.value.code == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_balanced_orders_let_every_method_follow_every_other_equally_often(n):
+    from bench.suite import balanced_orders
+
+    rows = balanced_orders(n)
+    assert all(sorted(row) == list(range(n)) for row in rows)
+    follows = {}
+    for row in rows:
+        for before, after in zip(row, row[1:]):
+            follows[before, after] = follows.get((before, after), 0) + 1
+    assert set(follows) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert len(set(follows.values())) <= 1
