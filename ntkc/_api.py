@@ -179,7 +179,7 @@ class KernelFunction:
         if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
-            req = self.request(config, args)
+            req = self._request(config, args)
             if method == "auto":
                 resolved = _auto.resolve(req, config)
                 if resolved is None:
@@ -266,7 +266,7 @@ class KernelFunction:
         """
         return dict(self.prepare(x1, x2, params, **kwargs)[0].compiler_options)
 
-    def structured_records(self, config: Config, args, warn: bool = True) -> list | None:
+    def _structured_records(self, config: Config, args, warn: bool = True) -> list | None:
         """The structured plan's records for ``args`` (None: it cannot be planned).
 
         Traced through the kernel's own ``jax.jit`` with the structured config, so that when ``auto``
@@ -289,13 +289,13 @@ class KernelFunction:
             self._records[key] = records
         return self._records[key]
 
-    def request(self, config: Config, args, warn: bool = True):
+    def _request(self, config: Config, args, warn: bool = True):
         """The cost model's view (``ntkc.passes.assign.Request``) of ``args`` under ``config``."""
         x1, x2, params, dyn1, dyn2 = args
         return _auto.request(self.f, config, params, x1, x1 if x2 is None else x2,
                              merge_kwargs(config.static_kwargs1, dyn1),
                              merge_kwargs(config.static_kwargs2, dyn2),
-                             self.structured_records(config, args, warn))
+                             self._structured_records(config, args, warn))
 
     def __call__(self, x1, x2, params, **kwargs):
         config, args = self.prepare(x1, x2, params, **kwargs)
@@ -333,7 +333,7 @@ def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
     options.pop("method", None)
     kfn = KernelFunction(f, method="jacobian", **options)
     config, args = kfn.prepare(x1, x2, params, **kwargs)
-    return _auto.method_costs(kfn.request(config, args, warn=False))
+    return _auto.method_costs(kfn._request(config, args, warn=False))
 
 
 def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
@@ -369,11 +369,11 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     config, args = KernelFunction(f, method="structured", **options).prepare(
         x1, x2, params, **kwargs)
     config = dataclasses.replace(config, memory_limit=memory_limit)
-    records = kfn.structured_records(config, args, warn=False)
+    records = kfn._structured_records(config, args, warn=False)
     if records is None:  # raise the structured method's own error
         records = _plan.record(
             lambda: jax.eval_shape(functools.partial(_compute, f, config=config), *args))
-    req = kfn.request(config, args)
+    req = kfn._request(config, args)
     outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
     output_names = [jax.tree_util.keystr(p) or "output"
                     for p, _ in jax.tree_util.tree_flatten_with_path(outputs)[0]]
