@@ -146,8 +146,9 @@ class KernelFunction:
                 f"x1 and x2 have different structures: {jax.tree.structure(x1)} and "
                 f"{jax.tree.structure(x2)}"
             )
-        out1, jaxpr = output_shapes(f, params, x1, kwargs1, "x1", with_jaxpr=True)
-        out2 = out1 if x2_is_x1 else output_shapes(f, params, x2, kwargs2, "x2")
+        out1, jaxpr1 = output_shapes(f, params, x1, kwargs1, "x1", with_jaxpr=True)
+        out2, jaxpr2 = ((out1, jaxpr1) if x2_is_x1
+                        else output_shapes(f, params, x2, kwargs2, "x2", with_jaxpr=True))
         treedef = jax.tree.structure(out1)
         if jax.tree.structure(out2) != treedef:
             raise ValueError("f(params, x1) and f(params, x2) return different output structures")
@@ -172,14 +173,14 @@ class KernelFunction:
             method=method, axes=axes, out_treedef=treedef, batching=batching,
             x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2,
             strict=self.strict, memory_limit=self.memory_limit, by_param=self.by_param,
-            compiler_options=_compat.compiler_options(jaxpr),
+            compiler_options=_compat.compiler_options(jaxpr1),
         )
         if not isinstance(method, str):
             config = per_leaf_methods(config, method, params)
         if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
-            req = self._request(config, args)
+            req = self._request(config, args, jaxprs=(jaxpr1, jaxpr2))
             if method == "auto":
                 resolved = _auto.resolve(req, config)
                 if resolved is None:
@@ -252,7 +253,7 @@ class KernelFunction:
         if jitted is None:
             jitted = self._jit_by_options[options] = jax.jit(
                 functools.partial(_compute, self.f), static_argnames=("config",),
-                compiler_options=dict(options) or None)
+                compiler_options=_compat.jit_options(options))
         return jitted
 
     def compiler_options(self, x1, x2, params, **kwargs) -> dict:
@@ -289,13 +290,14 @@ class KernelFunction:
             self._records[key] = records
         return self._records[key]
 
-    def _request(self, config: Config, args, warn: bool = True):
-        """The cost model's view (``ntkc.passes.assign.Request``) of ``args`` under ``config``."""
+    def _request(self, config: Config, args, warn: bool = True, jaxprs=(None, None)):
+        """The cost model's view (``ntkc.passes.assign.Request``) of ``args`` under ``config``
+        (``jaxprs``: f's jaxprs for x1 and x2, when the caller traced them already)."""
         x1, x2, params, dyn1, dyn2 = args
         return _auto.request(self.f, config, params, x1, x1 if x2 is None else x2,
                              merge_kwargs(config.static_kwargs1, dyn1),
                              merge_kwargs(config.static_kwargs2, dyn2),
-                             self._structured_records(config, args, warn))
+                             self._structured_records(config, args, warn), jaxprs)
 
     def __call__(self, x1, x2, params, **kwargs):
         config, args = self.prepare(x1, x2, params, **kwargs)

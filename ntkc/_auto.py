@@ -19,20 +19,24 @@ from ntkc.passes.cost import Cost, eqn_flops, jaxpr_flops
 from ntkc.passes.path import PathMemoryError
 
 
-def _forward_flops(f, config: Config, params, x1, x2, kwargs1, kwargs2):
-    """FLOPs of one primal forward pass over the whole of x1 and of x2."""
-    # x is an argument, not a closure, so that jax.ShapeDtypeStruct inputs work (ntkc.compile)
-    flops1 = jaxpr_flops(jax.make_jaxpr(lambda p, x: f(p, x, **kwargs1))(params, x1))
-    flops2 = flops1 if config.x2_is_x1 else jaxpr_flops(
-        jax.make_jaxpr(lambda p, x: f(p, x, **kwargs2))(params, x2))
-    return flops1, flops2
+def _forward_flops(f, config: Config, params, x1, x2, kwargs1, kwargs2, jaxprs=(None, None)):
+    """FLOPs of one primal forward pass over the whole of x1 and of x2 (from f's jaxprs for
+    them where given: the argument checks traced them already)."""
+    def flops(jaxpr, x, kwargs):
+        # x is an argument, not a closure, so that jax.ShapeDtypeStruct inputs work (ntkc.compile)
+        return jaxpr_flops(jaxpr or jax.make_jaxpr(lambda p, x: f(p, x, **kwargs))(params, x))
+
+    flops1 = flops(jaxprs[0], x1, kwargs1)
+    return flops1, flops1 if config.x2_is_x1 else flops(jaxprs[1], x2, kwargs2)
 
 
-def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records) -> Request:
-    """The cost model's view of a request; ``records`` are the structured plan's (or None)."""
+def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
+            jaxprs=(None, None)) -> Request:
+    """The cost model's view of a request; ``records`` are the structured plan's (or None);
+    ``jaxprs``: f's closed jaxprs for x1 and x2 where already traced."""
     b = config.batching
     n1, n2 = (b.size1, b.size2) if b is not None else (1, 1)
-    flops1, flops2 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2)
+    flops1, flops2 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2, jaxprs)
     outputs = tuple(
         OutputShape(math.prod(a.shape1), math.prod(a.shape2),
                     math.prod(a.kernel_shape) * a.trace_size,

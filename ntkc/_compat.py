@@ -129,6 +129,11 @@ def compiler_options(jaxpr) -> tuple:
     return _cpu_conv_options()
 
 
+def jit_options(options: tuple) -> dict | None:
+    """Sorted ``(name, value)`` option pairs as ``jax.jit(compiler_options=...)`` takes them."""
+    return dict(options) or None
+
+
 def known_options(options: dict) -> tuple:
     """The XLA options (as saved by ``Compiled.save``) that this JAX's backend accepts."""
     return tuple(sorted(o for o in options.items() if o in _cpu_conv_options()))

@@ -536,7 +536,7 @@ class Loaded:
         self.method = metadata.get("method")
         self._signature, self._outputs = signature, outputs
         options = _compat.known_options(metadata.get("compiler_options", {}))
-        self._call = jax.jit(exported.call, compiler_options=dict(options) or None)
+        self._call = jax.jit(exported.call, compiler_options=_compat.jit_options(options))
 
     def __call__(self, x1, x2, params):
         if self.metadata.get("x64") and not jax.config.jax_enable_x64:

@@ -50,7 +50,7 @@ def ntk_vp_fn(f: Callable, x1, x2, params, **kwargs) -> Callable:
         (u,) = pullback(v)
         return jax.jvp(f1, (params,), (u,))[1]
 
-    @functools.partial(jax.jit, compiler_options=dict(_compat.compiler_options(jaxpr)) or None)
+    @functools.partial(jax.jit, compiler_options=_compat.jit_options(_compat.compiler_options(jaxpr)))
     def apply(v):
         shapes = [jnp.shape(l) for l in jax.tree.leaves(v)]
         if jax.tree.structure(v) != jax.tree.structure(out2):

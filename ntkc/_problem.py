@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from ntkc import _compat
 from ntkc._axes import KernelAxes
 
 
@@ -55,7 +56,7 @@ class Config:
     @property
     def jit_options(self) -> dict | None:
         """``compiler_options`` as ``jax.jit`` takes them."""
-        return dict(self.compiler_options) or None
+        return _compat.jit_options(self.compiler_options)
 
 
 def merge_kwargs(static, dynamic_leaves):
