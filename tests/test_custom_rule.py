@@ -4,7 +4,6 @@ written), overriding a built-in rule, and ``ntkc.testing.check_rule`` catching w
 import contextlib
 import io
 import pathlib
-import re
 import warnings
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import docblocks
 import ntkc
 from ntkc.rules import registered, unregister
 
@@ -20,7 +20,7 @@ DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
 def doc_blocks():
-    return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    return [b.source for b in docblocks.python_blocks(DOC) if b.runs]
 
 
 def exec_blocks(blocks, namespace):
@@ -31,10 +31,11 @@ def exec_blocks(blocks, namespace):
 
 @pytest.fixture(scope="module")
 def doc():
-    """docs/extending.md's code blocks run in order, as one script: ``(namespace, stdout)``."""
+    """docs/extending.md's code blocks run in order, as one script: ``(namespace, stdout)``.
+    (tests/test_docs.py leaves this doc to this fixture.)"""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        namespace = exec_blocks(doc_blocks(), {"__name__": "extending_doc"})
+        namespace = docblocks.run(DOC, {"__name__": "extending_doc"})
     return namespace, out.getvalue()
 
 
