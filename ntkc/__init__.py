@@ -5,6 +5,11 @@ from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_
 from ntkc._compile import Compiled, compile, load
 from ntkc._gram import gram
 from ntkc._matfree import kernel_solve, ntk_vp_fn
+from ntkc import predict
+from ntkc.empirical import empirical_kernel_fn, empirical_nngp_fn
+from ntkc.linearize import linearize, taylor_expand
+from ntkc.pntk import pseudo_ntk_fn
+from ntkc.spectrum import condition_number, ntk_eigenvalues
 from ntkc.ir import Form, OneHot, Plan, Term
 from ntkc.passes.cost import Cost
 from ntkc.passes.emit import UnsupportedPrimitiveError
@@ -35,4 +40,12 @@ __all__ = [
     "plan",
     "register_rule",
     "testing",
+    "condition_number",
+    "empirical_kernel_fn",
+    "empirical_nngp_fn",
+    "linearize",
+    "ntk_eigenvalues",
+    "predict",
+    "pseudo_ntk_fn",
+    "taylor_expand",
 ]
