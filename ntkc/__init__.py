@@ -1,13 +1,14 @@
 """ntkc: the finite-width empirical Neural Tangent Kernel of any JAX function, compiled."""
 
 from ntkc import testing
+from ntkc._args import FlaxCollectionsWarning
 from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
 from ntkc._compile import Compiled, compile, load
 from ntkc._gram import gram
 from ntkc._matfree import kernel_solve, ntk_vp_fn
 from ntkc import predict
 from ntkc.empirical import empirical_kernel_fn, empirical_nngp_fn
-from ntkc.linearize import linearize, taylor_expand
+from ntkc.taylor import linearize, taylor_expand
 from ntkc.pntk import pseudo_ntk_fn
 from ntkc.spectrum import condition_number, ntk_eigenvalues
 from ntkc.ir import Form, OneHot, Plan, Term
@@ -22,6 +23,7 @@ __all__ = [
     "METHODS",
     "Compiled",
     "Cost",
+    "FlaxCollectionsWarning",
     "Form",
     "KernelFunction",
     "NtkImplementation",

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg
+import numpy as np
 from jax.experimental import ode
 
 from ntkc._axes import canonicalize_axes
@@ -110,13 +111,15 @@ def _unsquare(m, free_shape) -> jax.Array:
 
 
 def _train_matrix(k_train_train, y_train, layout: _Layout, name="k_train_train") -> jax.Array:
-    k = _square(k_train_train, name)
+    _check_train_shape(jnp.shape(k_train_train), y_train, layout, name)
+    return _square(k_train_train, name)
+
+
+def _check_train_shape(shape, y_train, layout: _Layout, name="k_train_train"):
     free = tuple(s for a, s in enumerate(y_train.shape) if a not in layout.trace)
-    if k.shape != (math.prod(free),) * 2:
-        raise ValueError(f"{name} has shape {jnp.shape(k_train_train)}, but y_train of shape "
-                         f"{y_train.shape} with trace_axes {layout.trace} needs the pairs of "
-                         f"{free}")
-    return k
+    if len(shape) % 2 or shape[0::2] != free or shape[1::2] != free:
+        raise ValueError(f"{name} has shape {shape}, but y_train of shape {y_train.shape} with "
+                         f"trace_axes {layout.trace} needs the interleaved pairs of {free}")
 
 
 def _test_matrix(k_test_train, m_train: int, name="k_test_train") -> jax.Array:
@@ -132,6 +135,11 @@ def _regularize(k, diag_reg: float, absolute: bool) -> jax.Array:
         raise ValueError(f"diag_reg must be >= 0, got {diag_reg}")
     scale = diag_reg if absolute else diag_reg * jnp.trace(k) / k.shape[0]
     return k + scale * jnp.eye(k.shape[0], dtype=k.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _regularized(k, diag_reg: float, absolute: bool):
+    return _regularize(_square(k, "k_train_train"), diag_reg, absolute)
 
 
 def _check_inputs(fx_train_0, fx_test_0, k_test_train):
@@ -192,8 +200,8 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate: float = 1.0, dia
     """
     y_train = jnp.asarray(y_train)
     layout = _Layout.of(y_train, trace_axes)
-    k = _regularize(_train_matrix(k_train_train, y_train, layout), diag_reg, diag_reg_absolute_scale)
-    n = y_train.size
+    _check_train_shape(jnp.shape(k_train_train), y_train, layout)
+    k = _regularized(k_train_train, float(diag_reg), bool(diag_reg_absolute_scale))
     train_free = tuple(y_train.shape[a] for a in range(y_train.ndim) if a not in layout.trace)
     cache = {}
 
@@ -494,9 +502,12 @@ def max_learning_rate(ntk_train_train, y_train_size: int | None = None, momentum
       >>> ntkc.predict.max_learning_rate(jnp.array([[2.0, 0.0], [0.0, 1.0]]), eps=0.0)
       2.0
     """
-    k = _square(ntk_train_train, "ntk_train_train")
-    if k.shape[0] != k.shape[1]:
-        raise ValueError(f"ntk_train_train must be square, got shape {jnp.shape(ntk_train_train)}")
-    n = k.shape[0] if y_train_size is None else y_train_size
-    lam = jnp.linalg.eigvalsh(k)[-1]
+    k = np.asarray(ntk_train_train, np.float64)   # on the host, as neural-tangents does on CPU
+    if k.ndim % 2 or math.prod(k.shape[0::2]) != math.prod(k.shape[1::2]):
+        raise ValueError(f"ntk_train_train must be a square kernel (interleaved pairs), got shape "
+                         f"{k.shape}")
+    side = math.prod(k.shape[0::2])
+    k = np.transpose(k, [*range(0, k.ndim, 2), *range(1, k.ndim, 2)]).reshape(side, side)
+    n = side if y_train_size is None else y_train_size
+    lam = np.linalg.eigvalsh(k)[-1]
     return float(2 * (1 + momentum) * n / (lam + eps))

@@ -12,7 +12,6 @@ import math
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntkc._api import ntk_fn
@@ -161,16 +160,19 @@ def _matvec(f, x, params, trace_axes, kwargs):
     back = np.argsort(order)
     mvp = ntk_vp_fn(f, x, None, params, **kwargs)
 
-    @jax.jit
-    def apply(v):
-        v = v.astype(out.dtype).reshape(free_shape + (1,) * len(traced))
-        eye = jnp.eye(probes, dtype=out.dtype).reshape((probes,) + (1,) * len(free) + traced_shape)
-        batch = jnp.transpose(v[None] * eye, [0, *(1 + back)])        # (T, *out.shape)
-        res = jnp.transpose(mvp(batch), [0, *(1 + np.asarray(order))])
-        res = res.reshape(probes, side, probes)
-        return jnp.einsum("tmt->m", res) / probes
+    dtype = np.dtype(out.dtype)
+    eye = np.eye(probes, dtype=dtype).reshape((probes,) + (1,) * len(free) + traced_shape)
 
-    return lambda v: np.asarray(apply(jnp.asarray(v)), np.float64)
+    # plain numpy around the jitted product: ntk_vp_fn is a top-level jit (its compiler options
+    # cannot be nested in another jit)
+    def apply(v):
+        v = v.astype(dtype).reshape(free_shape + (1,) * len(traced))
+        batch = np.transpose(v[None] * eye, [0, *(1 + back)])          # (T, *out.shape)
+        res = np.transpose(np.asarray(mvp(batch)), [0, *(1 + np.asarray(order))])
+        res = res.reshape(probes, side, probes).astype(np.float64)
+        return np.einsum("tmt->m", res) / probes
+
+    return apply
 
 
 def _eigsh(matvec, dim, k, which, tol, maxiter, seed) -> np.ndarray:

@@ -67,3 +67,10 @@ def test_bad_arguments_are_named(kwargs, match):
 def test_pytree_outputs_are_rejected():
     with pytest.raises(ValueError, match="single array"):
         ntkc.ntk_eigenvalues(lambda p, x: (net(p, x), net(p, x)), X, PARAMS, k=2)
+
+
+def test_bench_toolkit_imports_and_rejects_an_unknown_part():
+    from bench import linearized_figure, toolkit  # noqa: F401  (the scripts are not run here)
+
+    with pytest.raises(SystemExit):
+        toolkit.main(["--parts", "nope"])
