@@ -123,11 +123,14 @@ def _check_train_shape(shape, y_train, layout: _Layout, name="k_train_train"):
 
 
 def _test_matrix(k_test_train, m_train: int, name="k_test_train") -> jax.Array:
-    k = _square(k_test_train, name)
-    if k.shape[1] != m_train:
-        raise ValueError(f"{name} has shape {jnp.shape(k_test_train)}: its train-side axes (odd "
-                         f"positions) hold {k.shape[1]} entries, the train kernel {m_train}")
-    return k
+    _check_test_shape(jnp.shape(k_test_train), m_train, name)
+    return _square(k_test_train, name)
+
+
+def _check_test_shape(shape, m_train: int, name="k_test_train"):
+    if len(shape) % 2 or math.prod(shape[1::2]) != m_train:
+        raise ValueError(f"{name} has shape {shape}: its train-side axes (odd positions) must "
+                         f"hold the train kernel's {m_train} entries")
 
 
 def _regularize(k, diag_reg: float, absolute: bool) -> jax.Array:
@@ -320,6 +323,25 @@ def gradient_descent(loss: Callable, k_train_train, y_train, learning_rate: floa
             q_test = None if f_test is None else fill(q_test, test_shape)
         return ODEState(f_train, f_test, q_train, q_test)
 
+    train_free = tuple(y_train.shape[a] for a in range(y_train.ndim) if a not in layout.trace)
+
+    # defined once, so that odeint's compiled solver is reused from call to call
+    def flow(state, _, k_test_train=None):
+        g = layout.rows(grad_loss(state.fx_train))
+        d_train = -layout.unrows(k @ g, train_free)
+        d_test = None
+        if k_test_train is not None:
+            d_test = -layout.unrows(_square(k_test_train, "k_test_train") @ g,
+                                    k_test_train.shape[0::2])
+        if momentum is None:
+            return ODEState(d_train, d_test)
+        d_train = d_train + friction * state.qx_train
+        if d_test is not None:
+            d_test = d_test + friction * state.qx_test
+        return ODEState(state.qx_train, state.qx_test, d_train, d_test)
+
+    flow_train = lambda state, t: flow(state, t)
+
     def predict_fn(t=None, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None):
         is_state = isinstance(fx_train_or_state_0, ODEState)
         if is_state and fx_test_0 is not None:
@@ -330,29 +352,21 @@ def gradient_descent(loss: Callable, k_train_train, y_train, learning_rate: floa
         if t is None:
             raise ValueError("t=None (infinite time) cannot be integrated; pass finite times, or "
                              "use gradient_descent_mse for the MSE loss's closed form")
-        k_td = None if test_0 is None else _test_matrix(k_test_train, k.shape[0])
-        test_free = None if k_td is None else jnp.shape(k_test_train)[0::2]
-        test_shape = y_train.shape if k_td is None else layout.output_shape(test_free)
-        train_free = tuple(y_train.shape[a] for a in range(y_train.ndim) if a not in layout.trace)
-
-        def flow(state, _):
-            g = layout.rows(grad_loss(state.fx_train))
-            d_train = -layout.unrows(k @ g, train_free)
-            d_test = None if state.fx_test is None else -layout.unrows(k_td @ g, test_free)
-            if momentum is None:
-                return ODEState(d_train, d_test)
-            d_train = d_train + friction * state.qx_train
-            if d_test is not None:
-                d_test = d_test + friction * state.qx_test
-            return ODEState(state.qx_train, state.qx_test, d_train, d_test)
-
+        test_shape = y_train.shape
+        if test_0 is not None:
+            _check_test_shape(jnp.shape(k_test_train), k.shape[0])
+            test_shape = layout.output_shape(jnp.shape(k_test_train)[0::2])
         times = jnp.asarray(t, k.dtype) * learning_rate
         lead = times.shape
         times = times.reshape(-1)
         # odeint starts at times[0]: prepend 0 (just below it when the first time asked is 0)
         start = jnp.where(times[0] == 0, -1e-24, 0.0).astype(times.dtype)[None]
-        states = ode.odeint(flow, initial(fx_train_or_state_0, fx_test_0, test_shape),
-                            jnp.concatenate([start, times]))
+        state_0 = initial(fx_train_or_state_0, fx_test_0, test_shape)
+        times = jnp.concatenate([start, times])
+        if test_0 is None:
+            states = ode.odeint(flow_train, state_0, times)
+        else:
+            states = ode.odeint(flow, state_0, times, jnp.asarray(k_test_train, k.dtype))
         states = jax.tree.map(lambda a: a[1:].reshape(lead + a.shape[1:]), states)
         if is_state:
             return states

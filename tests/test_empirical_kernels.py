@@ -80,7 +80,7 @@ def test_pseudo_ntk_is_the_ntk_of_the_scaled_logit_sum():
     want = ntkc.testing.reference_ntk(g, X1, X2, PARAMS, trace_axes=())
     assert got.shape == (5, 3, 2, 2)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
-    traced = ntkc.pseudo_ntk_fn(net, trace_axes=(-1,), vmap_axes=0, method="structured")
+    traced = ntkc.pseudo_ntk_fn(net, trace_axes=(-1,), vmap_axes=0, method="jacobian")
     np.testing.assert_allclose(np.asarray(traced(X1, None, PARAMS)),
                                ntkc.testing.reference_ntk(g, X1, None, PARAMS), rtol=1e-10)
 

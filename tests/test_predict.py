@@ -136,10 +136,13 @@ def test_ode_momentum_matches_the_linear_second_order_system():
 
 def test_gp_inference_means_and_covariances():
     nngp = lambda x1, x2: np.einsum("ai,bi->ab", net(PARAMS, x1), net(PARAMS, x2)) / 2
-    k_train = ntkc.empirical_kernel_fn(net)(X_TRAIN, None, None, PARAMS)
-    k_cross = ntkc.empirical_kernel_fn(net)(X_TEST, X_TRAIN, None, PARAMS)
-    k_test = ntkc.empirical_kernel_fn(net)(X_TEST, None, None, PARAMS)
+    both = ntkc.empirical_kernel_fn(net)(np.concatenate([X_TRAIN, X_TEST]), None, None, PARAMS)
+    block = lambda rows, cols: type(both)(*(k[rows][:, cols] for k in both))
+    train, test = slice(0, 6), slice(6, 10)
+    k_train, k_cross, k_test = block(train, train), block(test, train), block(test, test)
     np.testing.assert_allclose(np.asarray(k_train.nngp), nngp(X_TRAIN, X_TRAIN), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(k_cross.ntk), np.mean(np.diagonal(K_TD, 0, 2, 3), -1),
+                               rtol=1e-10)
     t_dd, t_td, t_tt = (np.asarray(k.ntk) for k in (k_train, k_cross, k_test))
     n_dd, n_td, n_tt = (np.asarray(k.nngp) + 0.0 for k in (k_train, k_cross, k_test))
     n_dd = n_dd + 0.5 * np.eye(6)          # the empirical NNGP has rank O: make it invertible
