@@ -195,12 +195,17 @@ def _list(text, valid):
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ntkc bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--models", type=lambda t: _list(t, list(MODELS)), default=list(MODELS))
-    ap.add_argument("--methods", type=lambda t: _list(t, METHODS), default=list(METHODS))
+    ap.add_argument("--models", type=lambda t: _list(t, list(MODELS)), default=list(MODELS),
+                    help=f"comma-separated models to run (default: all of {','.join(MODELS)})")
+    ap.add_argument("--methods", type=lambda t: _list(t, METHODS), default=list(METHODS),
+                    help=f"comma-separated methods to time (default: all of {','.join(METHODS)})")
     ap.add_argument("--n", type=int, default=None, help="examples (default: per model)")
-    ap.add_argument("--outputs", type=int, default=10)
-    ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--outputs", type=int, default=10,
+                    help="outputs O of each model, the logits (default: 10)")
+    ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both",
+                    help="trace_axes=(-1,) (traced), () (untraced), or both (default)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed runs of each method, interleaved round by round (default: 5)")
     ap.add_argument("--json", default=None, help="where to write the results (default: bench/results/)")
     ap.add_argument("--scaling", action="store_true",
                     help="instead: time each method on the MLP as width and N grow (bench/scaling.py; "

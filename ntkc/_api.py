@@ -15,7 +15,9 @@ from typing import Any, Callable
 import jax
 
 from ntkc import _auto, _compat, _plan, _split, pipeline
-from ntkc._args import (METHODS, check_example_outputs, check_method, check_params,  # noqa: F401
+from ntkc._args import (METHODS, check_example_outputs, check_independent_examples,  # noqa: F401
+                        check_bytes, check_inputs, check_mapping, check_method,
+                        check_params, kernel_dtype,
                         output_shapes, per_leaf_methods, read_keys, resolve_batching, signature,
                         split_kwargs)
 from ntkc._axes import make_kernel_axes
@@ -61,6 +63,9 @@ def _compute(f, x1, x2, params, dyn1, dyn2, config: Config):
         kwargs1, kwargs2 = {**kwargs1, "rng": key1}, {**kwargs2, "rng": key2}
     prob = Problem(f, x1, x1 if config.x2_is_x1 else x2, params, kwargs1, kwargs2, config)
     leaves = _KERNELS[config.method](prob)
+    if config.dtypes:  # one dtype whatever the method (jacobian's follows params', others' f's)
+        leaves = [jax.tree.map(lambda k, d=d: k.astype(d), leaf)
+                  for leaf, d in zip(leaves, config.dtypes)]
     if config.by_param:  # per output leaf, a pytree shaped like params
         param_def = jax.tree.structure(params)
         leaves = [jax.tree_util.tree_unflatten(param_def, per_leaf) for per_leaf in leaves]
@@ -126,8 +131,7 @@ class KernelFunction:
         check_method(method)
         if not callable(f):
             raise TypeError(f"f must be callable, got {f!r}")
-        if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit <= 0):
-            raise ValueError(f"memory_limit must be a positive int (bytes) or None, got {memory_limit!r}")
+        check_bytes(memory_limit, "memory_limit")
         self.f = f
         self.trace_axes, self.diagonal_axes, self.vmap_axes = trace_axes, diagonal_axes, vmap_axes
         self.method, self.strict, self.memory_limit = method, strict, memory_limit
@@ -140,6 +144,8 @@ class KernelFunction:
     def _resolve(self, x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
         f, method = self.f, self.method
         check_params(params)
+        check_inputs(x1, "x1")
+        check_inputs(x2, "x2")
         x2_is_x1 = x2 is None
         if not x2_is_x1 and jax.tree.structure(x1) != jax.tree.structure(x2):
             raise ValueError(
@@ -161,6 +167,7 @@ class KernelFunction:
         )
         if batching is not None:
             check_example_outputs(f, params, x1, kwargs1, batching, out1)
+            check_independent_examples(f, params, x1, kwargs1, batching, jaxpr1)
         for k, ax in enumerate(axes):
             if batching is not None and batching.outputs[k] not in ax.free:
                 if batching.size1 != batching.size2:
@@ -174,6 +181,7 @@ class KernelFunction:
             x2_is_x1=x2_is_x1, static_kwargs1=static1, static_kwargs2=static2,
             strict=self.strict, memory_limit=self.memory_limit, by_param=self.by_param,
             compiler_options=_compat.compiler_options(jaxpr1),
+            dtypes=tuple(kernel_dtype(o, params) for o in jax.tree.leaves(out1)),
         )
         if not isinstance(method, str):
             config = per_leaf_methods(config, method, params)
@@ -355,7 +363,7 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
       >>> [t.leaf for t in p.terms]
       ["['v']", "['w']"]
     """
-    kwargs = dict(kwargs or {})
+    kwargs = check_mapping(kwargs)
     check_method(method)
     options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes,
                    strict=strict)

@@ -7,12 +7,17 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkc import _compat
 from ntkc._problem import Batching, Config
+from ntkc.passes.independence import check_independent, perturbation_probe
+from ntkc.rules.example_axes import Axis
 
 METHODS = ("auto", "structured", "jacobian", "ntvp")
 
@@ -52,17 +57,68 @@ def _describe(tree) -> str:
     return str(shapes[0]) if len(shapes) == 1 else str(shapes)
 
 
+_COMPLEX_RECIPE = (
+    "ntkc computes the NTK of real parameters and real outputs, in every method: split a complex "
+    "parameter into real leaves and an output into real ones, e.g. params = {'re': w.real, "
+    "'im': w.imag} with w = p['re'] + 1j * p['im'] inside f, and return "
+    "jnp.stack([y.real, y.imag], -1); the kernel is then that of the real map (Re w, Im w) -> "
+    "(Re y, Im y)")
+
+
+class FlaxCollectionsWarning(UserWarning):
+    """params holds Flax collections besides ``"params"`` (``batch_stats``, ``cache``, ...),
+    which are then differentiated as parameters. Silence it when that is intended::
+
+        warnings.filterwarnings("ignore", category=ntkc.FlaxCollectionsWarning)
+    """
+
+
 def check_params(params) -> None:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     if not leaves:
         raise ValueError(f"params has no array leaves (got {params!r}); the NTK needs parameters")
     for path, leaf in leaves:
-        dtype = getattr(leaf, "dtype", None) or np.result_type(leaf)
+        name = f"params{jax.tree_util.keystr(path)}"
+        try:
+            dtype = leaf_dtype(leaf)
+        except TypeError:
+            raise TypeError(f"{name} is {leaf!r} of type {type(leaf).__name__}; every params "
+                            "leaf must be an array or a Python number (close over anything "
+                            "else, e.g. f = lambda p, x: g(p, x, name))") from None
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(f"{name} has dtype {dtype}. " + _COMPLEX_RECIPE)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                f"params{jax.tree_util.keystr(path)} has dtype {dtype}; the NTK is a derivative "
+                f"{name} has dtype {dtype}; the NTK is a derivative "
                 "with respect to params, so every params leaf must be floating point"
             )
+    _warn_flax_collections(params)
+
+
+def _warn_flax_collections(params) -> None:
+    """A Flax ``variables`` dict passed whole differentiates its other collections too."""
+    if not isinstance(params, Mapping) or "params" not in params or len(params) < 2:
+        return
+    others = sorted(str(k) for k in params if k != "params")
+    warnings.warn(
+        f"params holds the Flax collections {others} next to 'params': they are differentiated "
+        "as if they were parameters (the NTK of a BatchNorm model then includes its running "
+        "statistics). To differentiate the parameters only, close over the rest: "
+        "f = lambda p, x: model.apply({**variables, 'params': p}, x), then "
+        "kernel_fn(x1, x2, variables['params']). If it is intended, silence this with "
+        "warnings.filterwarnings('ignore', category=ntkc.FlaxCollectionsWarning)",
+        FlaxCollectionsWarning, stacklevel=6)
+
+
+def leaf_dtype(leaf):
+    """The dtype of an array, ShapeDtypeStruct or Python number (TypeError for anything else)."""
+    dtype = getattr(leaf, "dtype", None)
+    return jnp.dtype(dtype) if dtype is not None else jnp.result_type(leaf)
+
+
+def kernel_dtype(out, params):
+    """The kernel's dtype for an output leaf: its dtype promoted with the params' dtypes."""
+    return jnp.result_type(out.dtype, *map(leaf_dtype, jax.tree.leaves(params)))
 
 
 def split_kwargs(kwargs: dict, x2_is_none: bool):
@@ -118,7 +174,13 @@ def output_shapes(f, params, x, kwargs, name, with_jaxpr=False):
         raise ValueError(
             f"{call} failed for {name} of shape {_describe(x)}: {type(err).__name__}: {err}"
         ) from err
+    if not jax.tree.leaves(out):
+        raise ValueError(f"f(params, {name}) returned {out!r}, with no array in it; f must "
+                         "return an array or a pytree of arrays")
     for leaf in jax.tree.leaves(out):
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            raise TypeError(f"f(params, {name}) returns a leaf of dtype {leaf.dtype}. "
+                            + _COMPLEX_RECIPE)
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
             raise TypeError(f"f(params, {name}) returns a leaf of dtype {leaf.dtype}; "
                             "outputs must be floating point")
@@ -232,22 +294,27 @@ def resolve_batching(vmap_axes, x1, x2, kwargs1, kwargs2, out1, out2) -> Batchin
     return Batching(tuple(axes1), tuple(outputs), size1, size2)
 
 
-def check_example_outputs(f, params, x, kwargs, batching: Batching, out) -> None:
-    """Checks ``out_axes`` by shape: ``f`` on one example (a batch of one along ``in_axes``) must
-    return ``out`` with size 1 along ``out_axes``, which is what per-example Jacobians rely on."""
+def _on_batched(f, x, kwargs, batching: Batching):
+    """``(fn, batched)``: ``fn(params, batched) -> f's output leaves``, a function of the batched
+    leaves of ``(x, kwargs)`` alone (the others closed over), and those leaves."""
     leaves, treedef = jax.tree.flatten((x, kwargs))
-    one = [
-        jax.ShapeDtypeStruct(tuple(1 if d == ax else n for d, n in enumerate(np.shape(leaf))),
-                             leaf.dtype)
-        for leaf, ax in zip(leaves, batching.inputs) if ax is not None
-    ]
 
-    def f_one(params, batched):
+    def fn(params, batched):
         it = iter(batched)
         full = [leaf if ax is None else next(it) for leaf, ax in zip(leaves, batching.inputs)]
         x, kw = jax.tree.unflatten(treedef, full)
         return jax.tree.leaves(f(params, x, **kw))
 
+    return fn, [leaf for leaf, ax in zip(leaves, batching.inputs) if ax is not None]
+
+
+def check_example_outputs(f, params, x, kwargs, batching: Batching, out) -> None:
+    """Checks ``out_axes`` by shape: ``f`` on one example (a batch of one along ``in_axes``) must
+    return ``out`` with size 1 along ``out_axes``, which is what per-example Jacobians rely on."""
+    f_one, batched = _on_batched(f, x, kwargs, batching)
+    one = [jax.ShapeDtypeStruct(tuple(1 if d == ax else n for d, n in enumerate(np.shape(leaf))),
+                                leaf.dtype)
+           for leaf, ax in zip(batched, [a for a in batching.inputs if a is not None])]
     try:
         outs = jax.eval_shape(f_one, params, one)
     except Exception as err:
@@ -264,8 +331,65 @@ def check_example_outputs(f, params, x, kwargs, batching: Batching, out) -> None
             )
 
 
+def check_independent_examples(f, params, x, kwargs, batching: Batching, jaxpr=None) -> None:
+    """Checks ``vmap_axes``' certificate on ``f``'s jaxpr over the whole batch: no output example
+    may depend on another input example (``ntkc.passes.independence``).
+
+    ``jaxpr``: f's jaxpr over ``(params, x)`` with ``kwargs`` closed over, as the argument checks
+    traced it; used when no keyword argument is batched (else f is traced over the batched
+    leaves)."""
+    n_params, n_x = len(jax.tree.leaves(params)), len(jax.tree.leaves(x))
+    fn, batched = _on_batched(f, x, kwargs, batching)
+    if jaxpr is None or any(ax is not None for ax in batching.inputs[n_x:]):
+        jaxpr = jax.make_jaxpr(fn)(params, batched)
+        axes = [a for a in batching.inputs if a is not None]
+    else:
+        axes = list(batching.inputs[:n_x])
+    in_states = [None] * n_params + [None if a is None else Axis(a) for a in axes]
+    probe = None
+    concrete = not any(isinstance(l, jax.ShapeDtypeStruct) for l in jax.tree.leaves((params, x)))
+    if concrete and not _compat.is_traced((params, x, kwargs)):
+        probe = perturbation_probe(lambda b: fn(params, b), batched,
+                                   [a for a in batching.inputs if a is not None], batching.outputs)
+    check_independent(jaxpr, in_states, batching.outputs, probe)
+
+
+def _dtype_name(leaf) -> str:
+    try:
+        return str(getattr(leaf, "dtype", None) or np.result_type(leaf))
+    except TypeError:  # not an array (a string, ...): the argument checks say what is wrong
+        return type(leaf).__name__
+
+
 def signature(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple(
-        (np.shape(l), str(getattr(l, "dtype", None) or np.result_type(l))) for l in leaves
-    )
+    return treedef, tuple((np.shape(l), _dtype_name(l)) for l in leaves)
+
+
+def check_inputs(x, name) -> None:
+    """A list or tuple of Python numbers is a pytree of scalar inputs, not an array: say so."""
+    if isinstance(x, (list, tuple)) and any(
+            isinstance(l, (bool, int, float, complex)) for l in jax.tree.leaves(x)):
+        raise TypeError(f"{name} is a {type(x).__name__} of Python numbers; pass an array, e.g. "
+                        f"jnp.asarray({name}) (a {type(x).__name__} is a pytree: each number "
+                        "would be an input of its own)")
+
+
+def check_mapping(kwargs, name="kwargs") -> dict:
+    """``kwargs`` as a dict, or a clear error when it is not a mapping."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"{name} must be a mapping of f's keyword arguments to their values, "
+                        f"got {type(kwargs).__name__} {kwargs!r}")
+    return dict(kwargs)
+
+
+def check_bytes(value, name, allow_zero=False):
+    """A byte count: a positive (or non-negative) int or None; bools are refused."""
+    low = 0 if allow_zero else 1
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < low):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {kind} int (bytes) or None, got {value!r}")
+    return value

@@ -13,6 +13,7 @@ import warnings
 import jax
 
 from ntkc import _plan
+from ntkc._args import leaf_dtype
 from ntkc._problem import Config
 from ntkc.passes.assign import LinearMap, OutputShape, Request, assign
 from ntkc.passes.cost import Cost, eqn_flops, jaxpr_flops
@@ -62,7 +63,7 @@ def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
         terms = tuple(terms)
     linear = (LinearMap.from_analysis(analyses[0]) if analyses
               else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1))
-    itemsize = max(jax.numpy.dtype(l.dtype).itemsize for l in jax.tree.leaves(params))
+    itemsize = max(leaf_dtype(l).itemsize for l in jax.tree.leaves(params))
     return Request(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
                    linear, terms, itemsize,
                    None if records is None else _structured_bytes(records, itemsize,

@@ -142,3 +142,12 @@ def known_options(options: dict) -> tuple:
 def is_traced(tree) -> bool:
     """Whether any leaf is a tracer (the call runs inside a jit, vmap, grad or eval_shape)."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+def source_line(eqn) -> str:
+    """Where the user's code created a jaxpr equation (``file:line (function)``), or ''."""
+    try:
+        from jax.extend import source_info_util
+        return source_info_util.summarize(eqn.source_info)
+    except Exception:  # an equation without source information, or a JAX without the helper
+        return ""

@@ -29,6 +29,7 @@ import numpy as np
 
 from ntkc import _compat
 from ntkc._api import KernelFunction, _compute
+from ntkc._args import check_mapping
 from ntkc.passes.cost import Cost
 from ntkc._api import plan as _plan_fn
 
@@ -299,7 +300,7 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
       >>> compiled(jnp.ones((4, 3)), None, params).shape
       (4, 4)
     """
-    kwargs = dict(kwargs or {})
+    kwargs = check_mapping(kwargs)
     _check_kwargs(kwargs)
     options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes, vmap_axes=vmap_axes,
                    method=method, strict=strict, memory_limit=memory_limit)

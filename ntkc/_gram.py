@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from typing import Callable, Sequence
 
 import jax
@@ -35,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ntkc import pipeline
 from ntkc._api import KernelFunction
+from ntkc._args import check_bytes
 from ntkc._compat import Literal
 from ntkc._problem import Problem
 from ntkc.methods._batch import per_example_jacobians
@@ -50,22 +52,68 @@ def _num_examples(x, name) -> int:
     if len(sizes) != 1:
         raise ValueError(f"{name}: every leaf needs the same number of examples on axis 0, "
                          f"got sizes {sorted(sizes)}")
-    return sizes.pop()
+    size = sizes.pop()
+    if size == 0:
+        raise ValueError(f"{name} holds no examples (its axis 0 has size 0)")
+    return size
 
 
 def _take(x, start, stop):
     return jax.tree.map(lambda l: l[start:stop], x)
 
 
-def _fingerprint(params, x1, x2, options) -> str:
-    """A hash of everything the kernel depends on: a file of another model or data is refused."""
-    h = hashlib.sha256(repr(sorted((k, repr(v)) for k, v in options.items())).encode())
-    for tree in (params, x1, x2):
+def _hash_arrays(*trees) -> str:
+    h = hashlib.sha256()
+    for tree in trees:
         for leaf in jax.tree.leaves(tree):
             a = np.asarray(leaf)
             h.update(repr((a.shape, str(a.dtype))).encode())
             h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _program(f, params, x) -> tuple[str, list]:
+    """f's traced program on one example, as text (object addresses removed: they change from
+    run to run), and the arrays it closes over."""
+    one = jax.tree.map(lambda l: jax.ShapeDtypeStruct((1,) + np.shape(l)[1:], l.dtype), x)
+    closed = jax.make_jaxpr(lambda p, x: f(p, x))(params, one)
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr)), closed.consts
+
+
+def _fingerprints(program, consts, params, x1, x2, options) -> dict[str, str]:
+    """Hashes of everything the kernel depends on, by what it is, so that a file written for
+    another function, params, data or options is refused with what differs."""
+    return {
+        "function": hashlib.sha256(program.encode()).hexdigest()[:32] + _hash_arrays(consts)[:32],
+        "params": _hash_arrays(params),
+        "data": _hash_arrays(x1, x2),
+        "options": hashlib.sha256(
+            repr(sorted((k, repr(v)) for k, v in options.items())).encode()).hexdigest(),
+    }
+
+
+def _first_difference(old: str, new: str) -> str:
+    for k, (a, b) in enumerate(zip(old.splitlines(), new.splitlines())):
+        if a != b:
+            return f"; its traced program first differs at line {k + 1}: {a.strip()!r} then, " \
+                   f"{b.strip()!r} now"
+    return ""
+
+
+def _check_resumable(out, meta, fingerprints, program, shape) -> None:
+    """Refuses a file written for another function, params, data, options or shape."""
+    if "fingerprints" not in meta:
+        raise ValueError(f"{out} was written by an older ntkc, without the fingerprint of the "
+                         "function; remove it (and its .progress.json) or pick another out")
+    differ = [k for k, v in fingerprints.items() if meta["fingerprints"].get(k) != v]
+    if tuple(meta.get("shape", ())) != shape and not differ:
+        differ = ["shape"]
+    if differ:
+        detail = _first_difference(meta.get("program", ""), program) if "function" in differ else ""
+        if "options" in differ:
+            detail += " (options include batch_size and the number of devices)"
+        raise ValueError(f"{out} was written for another {' and '.join(differ)}{detail}; remove "
+                         "it (and its .progress.json) or pick another out")
 
 
 def _mirror_permutation(axes) -> list[int]:
@@ -336,7 +384,8 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
         :func:`ntkc.ntk_fn`); the side cache is bounded separately by ``cache_bytes``.
       out: None (return an array) or a ``.npy`` path, written tile by tile; the finished tiles are
         recorded in ``<out>.progress.json`` and a rerun resumes; a file written for another
-        model, data, options, batch size or number of devices is refused.
+        function (its traced program and the arrays it closes over), params, data, options,
+        batch size or number of devices is refused, naming what differs.
       devices: the devices to spread tiles over (default: all of ``jax.devices()``). Each block
         then holds ``batch_size`` examples per device, sharded over a 1-D mesh; the sides and
         the tile rows are computed where their examples are.
@@ -357,17 +406,22 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     give ``out`` a path of its own per process (or write from one).
     """
     ntk_options.setdefault("vmap_axes", 0)
+    if ntk_options["vmap_axes"] is None:
+        raise ValueError(
+            "gram: vmap_axes=None (examples may interact) cannot be computed in tiles: the kernel "
+            "of a tile of examples is a block of the whole kernel only when f treats each example "
+            "on its own. Compute the whole kernel at once with ntkc.ntk_fn(f, vmap_axes=None)"
+            "(X1, X2, params), or make f per-example (e.g. Flax BatchNorm with "
+            "use_running_average=True) and pass vmap_axes=0")
     if ntk_options["vmap_axes"] != 0:
         raise ValueError("gram: vmap_axes must be 0 (examples along axis 0 of inputs and outputs)")
     by_param = bool(ntk_options.get("by_param", False))
     if by_param and out is not None:
         raise ValueError("gram: by_param=True returns its kernels in memory; out= is not "
                          "supported with it (call gram once per params leaf instead)")
+    cache_bytes = check_bytes(cache_bytes, "cache_bytes", allow_zero=True)
     if cache_bytes is None:
         cache_bytes = DEFAULT_CACHE_BYTES
-    if not isinstance(cache_bytes, int) or cache_bytes < 0:
-        raise ValueError(f"cache_bytes must be a non-negative int (bytes) or None, "
-                         f"got {cache_bytes!r}")
     devices = list(jax.devices() if devices is None else devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         raise ValueError(f"devices must be a non-empty sequence of jax devices, got {devices!r}")
@@ -377,10 +431,11 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     X2 = X1 if symmetric else X2
     n1 = _num_examples(X1, "X1")
     n2 = _num_examples(X2, "X2")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if batch_size is None:
         batch_size = _choose_batch_size(kernel_fn, params, X1, n1, memory_limit)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
     # The method (auto resolved once, on one tile) and the layout.
     config, _ = kernel_fn.prepare(_take(X1, 0, batch_size), _take(X2, 0, batch_size), params)
@@ -418,20 +473,19 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     else:
         out = os.fspath(out)
         record = out + ".progress.json"
-        fingerprint = _fingerprint(params, X1, None if symmetric else X2,
-                                   {**ntk_options, "batch_size": batch_size, "devices": d})
+        program, consts = _program(f, params, X1)
+        fingerprints = _fingerprints(program, consts, params, X1, None if symmetric else X2,
+                                     {**ntk_options, "batch_size": batch_size, "devices": d})
         if os.path.exists(out) and os.path.exists(record):
             with open(record) as fh:
                 meta = json.load(fh)
-            if meta.get("fingerprint") != fingerprint or tuple(meta.get("shape", ())) != shape:
-                raise ValueError(f"{out} was written for another model, data, options, "
-                                 "batch_size or number of devices; remove it (and its "
-                                 ".progress.json) or pick another out")
+            _check_resumable(out, meta, fingerprints, program, shape)
             done = {tuple(t) for t in meta["done"]}
             results = [np.lib.format.open_memmap(out, mode="r+")]
         else:
             results = [np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)]
-            meta = {"fingerprint": fingerprint, "shape": list(shape), "done": []}
+            meta = {"fingerprints": fingerprints, "program": program, "shape": list(shape),
+                    "done": []}
             with open(record, "w") as fh:
                 json.dump(meta, fh)
 

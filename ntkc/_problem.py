@@ -52,6 +52,7 @@ class Config:
     leaf_methods: tuple[str, ...] | None = None  # method "mixed": the method of each params leaf
     block: int | None = None  # method "blocks": examples per block under memory_limit
     compiler_options: tuple = ()  # XLA options of the kernel's programs (_compat.compiler_options)
+    dtypes: tuple = ()  # per output leaf, the kernel's dtype (_args.kernel_dtype), whatever the method
 
     @property
     def jit_options(self) -> dict | None:

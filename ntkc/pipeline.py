@@ -14,7 +14,7 @@ from ntkc.passes import network
 from ntkc.passes.inline import inline
 from ntkc.passes.network import Side, output_kernel
 from ntkc.passes.uses import Analysis, find_uses
-from ntkc.trace import Traced, trace_linear
+from ntkc.trace import Traced, check_real_tangents, trace_linear
 
 
 def _side_function(prob: Problem, side: int):
@@ -44,6 +44,7 @@ def analyze(fn, params, inputs, axes) -> Analysis:
         ]
     traced = trace_linear(fn, params, inputs)
     traced = Traced(inline(traced.jaxpr), traced.n_params, traced.n_inputs)
+    check_real_tangents(traced)
     analysis = find_uses(traced)
     if network.RECORD is not None:  # ntkc.plan and method="auto" read the linear map's equations
         network.RECORD.append(dict(kind="analysis", analysis=analysis, per_example=axes is not None))

@@ -13,7 +13,7 @@ from typing import Callable
 
 import jax
 
-from ntkc._compat import ClosedJaxpr
+from ntkc._compat import ClosedJaxpr, Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,3 +64,21 @@ def trace_linear(fn: Callable, params, inputs: list) -> Traced:
     shapes = [jax.ShapeDtypeStruct(jax.numpy.shape(a), a.dtype) for a in [*p_leaves, *p_leaves, *inputs]]
     closed = jax.make_jaxpr(linear)(*shapes)
     return Traced(closed, n, len(inputs))
+
+
+def check_real_tangents(traced: Traced) -> None:
+    """Structured derivatives contract cotangents and factors as real bilinear forms; a complex
+    value in the linear map (a real parameter through ``x @ (a + 1j * b)``, then ``.real``) would
+    need the real part of each product. Until that is done, refuse instead of a wrong kernel."""
+    tangent = set(traced.tangent_vars)
+    for eqn in traced.jaxpr.jaxpr.eqns:
+        if not any(v in tangent for v in eqn.invars if not isinstance(v, Literal)):
+            continue
+        tangent.update(eqn.outvars)
+        for v in eqn.outvars:
+            if jax.numpy.issubdtype(v.aval.dtype, jax.numpy.complexfloating):
+                raise NotImplementedError(
+                    f"method='structured': the linear map of f has a complex value "
+                    f"({eqn.primitive.name} -> {v.aval.str_short()}); structured derivatives "
+                    "support real values only. Use method='jacobian' or 'ntvp' (method='auto' "
+                    "picks one of them)")

@@ -165,8 +165,59 @@ def test_a_file_for_other_params_is_refused(tmp_path):
     out = tmp_path / "kernel.npy"
     ntkc.gram(f, PARAMS, X1, batch_size=4, out=out, progress=False)
     other = {**PARAMS, "w": PARAMS["w"] + 1}
-    with pytest.raises(ValueError, match="another model"):
+    with pytest.raises(ValueError, match="another params"):
         ntkc.gram(f, other, X1, batch_size=4, out=out, progress=False)
+
+
+def relu_f(p, x):
+    return jax.nn.relu(x @ p["w"]) @ p["v"]
+
+
+def scaled(shift):
+    """A closure over an array: re-created identical, or with other values."""
+    shift = jnp.asarray(shift)[None]
+    return lambda p, x: jnp.tanh(x @ p["w"] + shift) @ p["v"]
+
+
+def test_a_file_for_another_function_is_refused_after_an_interruption(tmp_path, monkeypatch):
+    out = tmp_path / "kernel.npy"
+    count_calls(monkeypatch, "pair", fail_at=3)
+    with pytest.raises(Interrupted):
+        ntkc.gram(f, PARAMS, X1, batch_size=3, out=out, progress=False)
+    monkeypatch.undo()
+    calls = count_calls(monkeypatch, "pair")
+    with pytest.raises(ValueError, match=r"kernel.npy was written for another function;.*"
+                                         r"first differs.*tanh.*custom_jvp_call"):
+        ntkc.gram(relu_f, PARAMS, X1, batch_size=3, out=out, progress=False)
+    assert not calls  # refused before any tile
+    with pytest.raises(ValueError, match="another function and data"):
+        ntkc.gram(relu_f, PARAMS, X1 + 1, batch_size=3, out=out, progress=False)
+
+
+def test_an_identical_recreated_closure_resumes_and_another_closure_is_refused(tmp_path,
+                                                                              monkeypatch):
+    out = tmp_path / "kernel.npy"
+    shift = np.linspace(-1, 1, 6)
+    want = np.asarray(ntkc.ntk_fn(scaled(shift), vmap_axes=0)(X1, None, PARAMS))
+    count_calls(monkeypatch, "pair", fail_at=3)
+    with pytest.raises(Interrupted):
+        ntkc.gram(scaled(shift), PARAMS, X1, batch_size=3, out=out, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="another function"):  # same program, other constant
+        ntkc.gram(scaled(shift + 1), PARAMS, X1, batch_size=3, out=out, progress=False)
+    calls = count_calls(monkeypatch, "pair")
+    got = ntkc.gram(scaled(shift.copy()), PARAMS, X1, batch_size=3, out=out, progress=False)
+    assert len(calls) == 4
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-12)
+
+
+def test_gram_refuses_interacting_examples_saying_why():
+    with pytest.raises(ValueError, match=r"vmap_axes=None.*cannot be computed in tiles.*"
+                                         r"ntk_fn\(f, vmap_axes=None\)"):
+        ntkc.gram(f, PARAMS, X1, vmap_axes=None, progress=False)
+    centred = lambda p, x: f(p, x - x.mean(0, keepdims=True))
+    with pytest.raises(ValueError, match="examples interact"):
+        ntkc.gram(centred, PARAMS, X1, batch_size=3, progress=False)
 
 
 def test_batch_size_from_memory_limit_and_errors():
