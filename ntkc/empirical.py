@@ -74,21 +74,23 @@ def _contract(trace_axes, diagonal_axes, y1, y2):
     return jnp.einsum(f"{l1},{l2}->{out}", y1, y2) / axes.trace_size
 
 
-def check_get(get) -> tuple[bool, tuple[str, ...]]:
-    """``(single, names)`` for neural-tangents' ``get``: None (both), a name, or a tuple of them."""
+def check_get(get, valid: tuple[str, ...] = KERNELS,
+              default: tuple[str, ...] = KERNELS) -> tuple[bool, tuple[str, ...]]:
+    """``(single, names)`` for neural-tangents' ``get``: None (``default``), one of ``valid``, or
+    a non-empty tuple of distinct ones (case-insensitive)."""
     if get is None:
-        return False, KERNELS
+        return False, default
     single = isinstance(get, str)
     names = (get,) if single else get
     try:
         names = tuple(g.lower() for g in names)
     except (TypeError, AttributeError):
-        raise TypeError(f"get must be None, 'nngp', 'ntk' or a tuple of them, got {get!r}") from None
+        raise TypeError(f"get must be None, one of {valid} or a tuple of them, got {get!r}") from None
     if not names:
-        raise ValueError("get must be non-empty: None, 'nngp', 'ntk' or a tuple of them")
-    bad = [g for g in names if g not in KERNELS]
+        raise ValueError(f"get must be non-empty: None, one of {valid} or a tuple of them")
+    bad = [g for g in names if g not in valid]
     if bad:
-        raise ValueError(f"get={get!r}: unknown kernel(s) {bad}; valid: {', '.join(KERNELS)}")
+        raise ValueError(f"get={get!r}: unknown kernel(s) {bad}; valid: {', '.join(valid)}")
     if len(set(names)) != len(names):
         raise ValueError(f"get={get!r} repeats an entry; every entry must be unique")
     return single, names

@@ -28,7 +28,7 @@ import numpy as np
 from jax.experimental import ode
 
 from ntkc._axes import canonicalize_axes
-from ntkc.empirical import kernel_tuple
+from ntkc.empirical import check_get, kernel_tuple
 
 __all__ = ["Gaussian", "ODEState", "gp_inference", "gradient_descent", "gradient_descent_mse",
            "max_learning_rate"]
@@ -381,22 +381,6 @@ def gradient_descent(loss: Callable, k_train_train, y_train, learning_rate: floa
 GETS = ("nngp", "ntk", "ntkgp")
 
 
-def _check_gp_get(get) -> tuple[bool, tuple[str, ...]]:
-    if get is None:
-        return False, ("nngp", "ntk")
-    single = isinstance(get, str)
-    names = (get,) if single else tuple(get)
-    if not names or not all(isinstance(g, str) for g in names):
-        raise ValueError(f"get must be None, one of {GETS} or a non-empty tuple of them, got {get!r}")
-    names = tuple(g.lower() for g in names)
-    bad = [g for g in names if g not in GETS]
-    if bad:
-        raise ValueError(f"get={get!r}: unknown mode(s) {bad}; valid: {', '.join(GETS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"get={get!r} repeats an entry; every entry must be unique")
-    return single, names
-
-
 def _kernel(k, g: str, name: str):
     """The ``g`` kernel of ``k``: ``k`` itself for an array, else its attribute ``g``."""
     if k is None or isinstance(k, (jax.Array, jnp.ndarray)) or hasattr(k, "__array__"):
@@ -454,7 +438,7 @@ def gp_inference(k_train_train, y_train, diag_reg: float = 0.0,
         return weights[g]
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
-        single, names = _check_gp_get(get)
+        single, names = check_get(get, GETS, default=("nngp", "ntk"))
         out = {}
         for g in names:
             kind = "ntk" if g == "ntkgp" else g

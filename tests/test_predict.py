@@ -168,6 +168,8 @@ def test_gp_inference_means_and_covariances():
         predict.gp_inference(k_train._replace(nngp=None), Y_TRAIN)("ntk", k_cross, k_test)
     with pytest.raises(ValueError, match="get"):
         predict.gp_inference(t_dd, Y_TRAIN)("gp", t_td)
+    with pytest.raises(TypeError, match="get"):
+        predict.gp_inference(t_dd, Y_TRAIN)(7, t_td)
 
 
 def test_max_learning_rate_is_the_stability_edge():

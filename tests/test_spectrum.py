@@ -23,7 +23,6 @@ def reference_spectrum(trace_axes):
     return np.linalg.eigvalsh(k)                      # ascending
 
 
-@pytest.mark.quick
 def test_materialised_spectrum_matches_eigvalsh():
     want = reference_spectrum((-1,))
     got = ntkc.ntk_eigenvalues(net, X, PARAMS)
