@@ -40,30 +40,30 @@ def ntk_vp_fn(f: Callable, x1, x2, params, **kwargs) -> Callable:
     """
     check_params(params)
     x2 = x1 if x2 is None else x2
-    f1 = lambda p: f(p, x1, **kwargs)
-    f2 = lambda p: f(p, x2, **kwargs)
-    jaxpr, out2 = jax.make_jaxpr(f2, return_shape=True)(params)
+    jaxpr, out2 = jax.make_jaxpr(lambda p: f(p, x2, **kwargs), return_shape=True)(params)
     out_shapes = [o.shape for o in jax.tree.leaves(out2)]
 
-    def product(v):
-        _, pullback = jax.vjp(f2, params)
+    def product(v, params, x1, x2):
+        _, pullback = jax.vjp(lambda p: f(p, x2, **kwargs), params)
         (u,) = pullback(v)
-        return jax.jvp(f1, (params,), (u,))[1]
+        return jax.jvp(lambda p: f(p, x1, **kwargs), (params,), (u,))[1]
 
+    # params and inputs are arguments, not constants of the program: XLA would otherwise fold
+    # the forward pass into the compile (a minute for a CNN over 512 images)
     @functools.partial(jax.jit, compiler_options=_compat.jit_options(_compat.compiler_options(jaxpr)))
-    def apply(v):
+    def jitted(v, params, x1, x2):
         shapes = [jnp.shape(l) for l in jax.tree.leaves(v)]
         if jax.tree.structure(v) != jax.tree.structure(out2):
             raise ValueError(f"V must have the structure of f(params, x2) {jax.tree.structure(out2)}, "
                              f"got {jax.tree.structure(v)}")
         if shapes == out_shapes:
-            return product(v)
+            return product(v, params, x1, x2)
         if all(len(s) == len(o) + 1 and s[1:] == o for s, o in zip(shapes, out_shapes)):
-            return jax.vmap(product)(v)
+            return jax.vmap(product, in_axes=(0, None, None, None))(v, params, x1, x2)
         raise ValueError(f"V has leaf shapes {shapes}; expected f(params, x2)'s {out_shapes}, "
                          "optionally with one leading probe axis")
 
-    return apply
+    return lambda v: jitted(v, params, x1, x2)
 
 
 def kernel_solve(kernel, y, *, ridge: float = 0.0, tol: float = 1e-6, maxiter: int | None = None,
