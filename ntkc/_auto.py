@@ -15,6 +15,7 @@ import jax
 from ntkc import _plan
 from ntkc._args import leaf_dtype
 from ntkc._problem import Config
+from ntkc.passes import capability
 from ntkc.passes.assign import LinearMap, OutputShape, Request, assign
 from ntkc.passes.cost import Cost, eqn_flops, jaxpr_flops
 from ntkc.passes.path import PathMemoryError
@@ -67,7 +68,23 @@ def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
     return Request(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
                    linear, terms, itemsize,
                    None if records is None else _structured_bytes(records, itemsize,
-                                                                  config.x2_is_x1))
+                                                                  config.x2_is_x1),
+                   _unavailable(f, params, x1, kwargs1, jaxprs[0], records is not None))
+
+
+def _unavailable(f, params, x1, kwargs1, jaxpr, structured: bool) -> frozenset:
+    """The methods that cannot run ``f`` (read from its jaxpr, not by trying them): those that
+    reverse every loop, where a while loop's carry depends on the parameters. Raises
+    :class:`~ntkc.passes.capability.ReverseModeError` when no method is left."""
+    if jaxpr is None:
+        jaxpr = jax.make_jaxpr(lambda p, x: f(p, x, **kwargs1))(params, x1)
+    loops = capability.while_loops(jaxpr, len(jax.tree.leaves(params)))
+    if not loops:
+        return frozenset()
+    if not structured:
+        raise capability.error(loops, "method='auto' (jacobian and ntvp; the structured method "
+                                      "could not be planned)")
+    return frozenset(capability.THROUGH_EVERY_LOOP)
 
 
 def _structured_bytes(records, itemsize, same_inputs) -> float:
@@ -127,6 +144,8 @@ def record_structured(trace, config: Config, warn: bool = True):
         return _plan.record(lambda: trace(structured))
     except PathMemoryError:
         return None  # no contraction order fits memory_limit: the structured method is out
+    except capability.ReverseModeError:
+        raise  # a while loop it would reverse: so would every other method
     except Exception as err:  # auto stays usable; the structured method reports its own errors
         if warn:
             warnings.warn(f"ntkc: method='auto' could not plan the structured method ({err}); "

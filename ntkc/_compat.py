@@ -6,6 +6,7 @@ primitives, which have changed between releases.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -47,6 +48,23 @@ def inlinable_jaxpr(eqn):
     return None
 
 
+# The linear equation a custom_vjp function leaves in a linearized jaxpr: its transpose is the
+# user's bwd, and it has no forward-mode rule (not exported by jax.lax: known by name).
+_REVERSE_ONLY = frozenset({"custom_lin"})
+
+
+def reverse_only(eqn) -> bool:
+    """Whether an equation of a linear jaxpr can only be transposed, not differentiated forward
+    (a custom_vjp region): its Jacobian comes from its transpose (``jax.linear_transpose``)."""
+    return eqn.primitive.name in _REVERSE_ONLY
+
+
+def forward_mode_blocked(jaxpr) -> bool:
+    """Whether a function's (closed) jaxpr calls a custom_vjp function, through which
+    ``jax.jvp`` cannot go."""
+    return not primitive_names(jaxpr).isdisjoint({"custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+
 def read(env: dict, v):
     """The value of a jaxpr atom (a Var in ``env`` or a Literal)."""
     if isinstance(v, Literal):
@@ -54,9 +72,19 @@ def read(env: dict, v):
     return env[v]
 
 
+def _user_context(eqn):
+    try:  # keep the user's source line on re-traced equations (error messages name it)
+        from jax.extend import source_info_util
+
+        return source_info_util.user_context(eqn.source_info.traceback)
+    except Exception:
+        return contextlib.nullcontext()
+
+
 def bind(eqn, args):
     """Evaluates one equation on concrete (or traced) arguments; returns a list of outputs."""
-    out = eqn.primitive.bind(*args, **eqn.params)
+    with _user_context(eqn):
+        out = eqn.primitive.bind(*args, **eqn.params)
     return list(out) if eqn.primitive.multiple_results else [out]
 
 

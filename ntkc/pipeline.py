@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ntkc._problem import Config, Problem
 from ntkc.passes.emit import evaluate_side
-from ntkc.passes import network
+from ntkc.passes import capability, network
 from ntkc.passes.inline import inline
 from ntkc.passes.network import Side, output_kernel
 from ntkc.passes.uses import Analysis, find_uses
@@ -46,6 +46,7 @@ def analyze(fn, params, inputs, axes) -> Analysis:
     traced = Traced(inline(traced.jaxpr), traced.n_params, traced.n_inputs)
     check_real_tangents(traced)
     analysis = find_uses(traced)
+    capability.check_structured(analysis)
     if network.RECORD is not None:  # ntkc.plan and method="auto" read the linear map's equations
         network.RECORD.append(dict(kind="analysis", analysis=analysis, per_example=axes is not None))
     return analysis

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from ntkc._problem import Problem
 from ntkc.methods._batch import per_example_jacobians
+from ntkc.passes import capability
 
 # Output axes take letters from the front, parameter axes from the back.
 _PARAM_LETTERS = string.ascii_letters[::-1]
@@ -31,6 +32,8 @@ def contract_jacobians(j1, j2, axes, by_param: bool = False):
 
 def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list) by Jacobian contraction."""
+    capability.check(jax.make_jaxpr(prob.full_fn(1))(prob.params),
+                     len(jax.tree.leaves(prob.params)), "jacobian")
     jac1 = per_example_jacobians(prob, 1)
     jac2 = jac1 if prob.same_inputs else per_example_jacobians(prob, 2)
     return [contract_jacobians(a, b, ax, prob.config.by_param)

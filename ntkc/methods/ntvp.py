@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from ntkc._axes import KernelAxes
+from ntkc._compat import forward_mode_blocked
 from ntkc._problem import Problem
 from ntkc.methods._batch import place_example_axes
+from ntkc.passes import capability
 
 
 def _only_leaf(tree, leaf):
@@ -28,10 +30,24 @@ def _only_leaf(tree, leaf):
         treedef, [l if i == leaf else jnp.zeros_like(l) for i, l in enumerate(leaves)])
 
 
-def _pair_kernel(f1, f2, params, axes: KernelAxes, by_param: bool = False):
+def _jvp(f, params, transpose: bool):
+    """``v -> J v`` for ``f: params -> array``: forward mode, or with ``transpose`` (``f`` holds
+    a custom_vjp function: no forward mode through it) the transpose of its VJP, in which the
+    user's bwd is transposed."""
+    if not transpose:
+        return lambda v: jax.jvp(f, (params,), (v,))[1]
+    out, vjp = jax.vjp(f, params)
+    transposed = jax.linear_transpose(vjp, out)
+    return lambda v: transposed((v,))[0]
+
+
+def _pair_kernel(f1, f2, params, axes: KernelAxes, by_param: bool = False,
+                 transpose: bool = False):
     """Θ for one output leaf given ``f1, f2: params -> that leaf`` (with ``by_param``, the list
-    of each parameter leaf's part: one JVP per leaf, the tangent restricted to that leaf)."""
+    of each parameter leaf's part: one JVP per leaf, the tangent restricted to that leaf;
+    ``transpose``: JVPs as transposed VJPs)."""
     out2, vjp2 = jax.vjp(f2, params)
+    jvp1 = _jvp(f1, params, transpose)
     n = math.prod(axes.shape2)
     paired = set(axes.trace) | set(axes.diagonal)
     leaves = list(range(len(jax.tree.leaves(params)))) if by_param else [None]
@@ -41,7 +57,7 @@ def _pair_kernel(f1, f2, params, axes: KernelAxes, by_param: bool = False):
         (v,) = vjp2(e)
         index = jnp.unravel_index(i, axes.shape2) if axes.shape2 else ()
         select = tuple(index[a] if a in paired else slice(None) for a in range(axes.ndim))
-        return [jax.jvp(f1, (params,), (_only_leaf(v, leaf),))[1][select] for leaf in leaves]
+        return [jvp1(_only_leaf(v, leaf))[select] for leaf in leaves]
 
     columns = jax.vmap(column)(jnp.arange(n))
     free1 = [axes.shape1[a] for a in axes.free]
@@ -58,11 +74,14 @@ def _leaf(fn, k):
 
 def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list) by NTK-vector products."""
+    jaxpr = jax.make_jaxpr(prob.full_fn(1))(prob.params)
+    capability.check(jaxpr, len(jax.tree.leaves(prob.params)), "ntvp")
+    transpose = forward_mode_blocked(jaxpr)
     out = []
     for k, axes in enumerate(prob.axes):
         if prob.batching is None:
             f1, f2 = _leaf(prob.full_fn(1), k), _leaf(prob.full_fn(2), k)
-            out.append(_pair_kernel(f1, f2, prob.params, axes, prob.config.by_param))
+            out.append(_pair_kernel(f1, f2, prob.params, axes, prob.config.by_param, transpose))
             continue
         b = prob.batching.outputs[k]
         example_axes = axes.drop(b)
@@ -73,7 +92,7 @@ def kernel(prob: Problem) -> list:
         def pair(e1, e2, g1=g1, g2=g2, example_axes=example_axes):
             return _pair_kernel(
                 lambda p: g1(p, e1), lambda p: g2(p, e2), prob.params, example_axes,
-                prob.config.by_param
+                prob.config.by_param, transpose
             )
 
         if b in axes.free:

@@ -151,6 +151,7 @@ class Request:
       itemsize: bytes per number.
       structured_bytes: the structured program's working set: every side's operands (cotangents,
         factors) and the largest contraction step.
+      unavailable: methods that cannot run the model (a while loop they would reverse).
     """
 
     outputs: tuple
@@ -164,10 +165,14 @@ class Request:
     terms: tuple | None
     itemsize: int = 4
     structured_bytes: float | None = None
+    unavailable: frozenset = frozenset()
 
     @property
     def methods(self) -> tuple:
-        return METHODS if self.terms is not None else METHODS[1:]
+        """The methods that can run the model (``unavailable`` ones cannot: see
+        ``ntkc.passes.capability``)."""
+        methods = METHODS if self.terms is not None else METHODS[1:]
+        return tuple(m for m in methods if m not in self.unavailable)
 
     def group_cost(self, method: str, group: Sequence[int]) -> float:
         """Estimated FLOPs of ``method`` computing the leaves ``group``'s part of the kernel."""

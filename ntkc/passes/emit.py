@@ -12,6 +12,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntkc._compat import Literal, bind, read
 from ntkc.ir import Form, identity_form
@@ -64,6 +65,18 @@ def _forms(analysis, u, env, tangent_vars, strict) -> list[Form]:
         _fallback(eqn.primitive.name, strict, "no rule" if rule is None else "rule declined")
         forms = dense_forms(eqn, operands, u.operand, eqn.invars[u.operand].aval)
     return forms
+
+
+def _pick(ys, mask):
+    return [[y for y, m in zip(row, ms) if m] for row, ms in zip(ys, mask)]
+
+
+def _merge(picked, others, mask):
+    out = []
+    for row, other, ms in zip(picked, others, mask):
+        it = iter(row)
+        out.append([next(it) if m else o for o, m in zip(other, ms)])
+    return out
 
 
 def evaluate_side(analysis: Analysis, params: list, inputs: list, strict: bool):
@@ -129,7 +142,17 @@ def evaluate_side(analysis: Analysis, params: list, inputs: list, strict: bool):
         [jnp.zeros(v.aval.shape, v.aval.dtype) for v in use_outvars(analysis, u)]
         for u in analysis.uses
     ]
-    _, pullback = jax.vjp(downstream, ys0)
+    # The transpose of the linear map, not jax.vjp: no forward mode through it, so a custom_vjp
+    # region (a ``custom_lin`` equation) is pulled back by the user's bwd. Integer use outputs
+    # (a loop counter) are not linear inputs: held at zero, their cotangents float0 zeros.
+    is_float = [[jnp.issubdtype(y.dtype, jnp.inexact) for y in ys] for ys in ys0]
+    transposed = jax.linear_transpose(
+        lambda fys: downstream(_merge(fys, ys0, is_float)), _pick(ys0, is_float))
+
+    def pullback(cts):
+        (fcts,) = transposed(cts)
+        return (_merge(fcts, [[np.zeros(y.shape, jax.dtypes.float0) for y in ys] for ys in ys0],
+                       is_float),)
     out_avals = [v.aval for v in jaxpr.outvars]
     cotangents = []
     for k, aval in enumerate(out_avals):

@@ -2,7 +2,8 @@
 
 Done by re-tracing: evaluate the jaxpr, recursing into inlinable equations instead of binding them,
 under ``make_jaxpr``. Loops and conditionals (scan, while, cond) stay as they are; the uses pass
-treats a parameter entering one of them with the dense rule.
+treats a parameter entering one of them with the dense rule. A custom_vjp function's linear part
+(``custom_lin``, transposed by the user's bwd) has no sub-jaxpr and stays as well.
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from ntkc._compat import bind
+from ntkc._compat import bind, reverse_only
 from ntkc.ir import Form
 
 _RULES: dict[Any, "Rule"] = {}
@@ -176,7 +177,8 @@ def unregister(primitive) -> None:
 
 
 def dense_forms(eqn, operands, index, p_aval) -> list[Form]:
-    """The fallback: ``∂y/∂p`` built densely by forward mode, one factor ``(*y, *p)`` per output.
+    """The fallback: ``∂y/∂p`` built densely by forward mode, one factor ``(*y, *p)`` per output
+    (by reverse mode, one row per entry of ``y``, for a custom_vjp region: ``custom_lin``).
 
     Always correct for an equation linear in its tangent operands; costs ``|y|·|p|``.
     """
@@ -189,7 +191,22 @@ def dense_forms(eqn, operands, index, p_aval) -> list[Form]:
         args[index] = p
         return bind(eqn, args)
 
-    jac = jax.jacfwd(apply)(jnp.zeros(p_aval.shape, p_aval.dtype))
+    zero = jnp.zeros(p_aval.shape, p_aval.dtype)
+    if not reverse_only(eqn):
+        jac = jax.jacfwd(apply)(zero)
+    else:  # a custom_vjp region: its Jacobian row by row from the user's bwd (the transpose)
+        transposed = jax.linear_transpose(apply, zero)
+        jac = []
+        for k, v in enumerate(eqn.outvars):
+            size, shape = math.prod(v.aval.shape), tuple(v.aval.shape)
+
+            def row(e, k=k, shape=shape):
+                cts = [jnp.zeros(w.aval.shape, w.aval.dtype) for w in eqn.outvars]
+                cts[k] = e.reshape(shape)
+                return transposed(cts)[0]
+
+            rows = jax.vmap(row)(jnp.eye(size, dtype=v.aval.dtype))
+            jac.append(rows.reshape(shape + tuple(p_aval.shape)))
     forms = []
     rp = len(p_aval.shape)
     for d in jac:
