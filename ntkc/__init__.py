@@ -5,6 +5,7 @@ from ntkc._args import FlaxCollectionsWarning
 from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
 from ntkc._compile import Compiled, compile, load
 from ntkc._gram import gram
+from ntkc.gram_store import GramArray, open_gram
 from ntkc._matfree import kernel_solve, ntk_vp_fn
 from ntkc import predict
 from ntkc.empirical import empirical_kernel_fn, empirical_nngp_fn
@@ -24,6 +25,7 @@ __all__ = [
     "Compiled",
     "Cost",
     "FlaxCollectionsWarning",
+    "GramArray",
     "Form",
     "KernelFunction",
     "NtkImplementation",
@@ -39,6 +41,7 @@ __all__ = [
     "load",
     "ntk_fn",
     "ntk_vp_fn",
+    "open_gram",
     "plan",
     "register_rule",
     "testing",

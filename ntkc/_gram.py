@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ntkc import pipeline
@@ -39,6 +40,7 @@ from ntkc._api import KernelFunction
 from ntkc._args import check_bytes
 from ntkc._compat import Literal
 from ntkc._problem import Problem
+from ntkc.gram_store import FORMAT, VERSION, GramStore, is_store, open_gram
 from ntkc.methods._batch import per_example_jacobians
 from ntkc.methods.jacobian import contract_jacobians
 from ntkc.passes.hoist import Hoist, hoisting
@@ -100,11 +102,12 @@ def _first_difference(old: str, new: str) -> str:
     return ""
 
 
-def _check_resumable(out, meta, fingerprints, program, shape) -> None:
+def _check_resumable(out, meta, fingerprints, program, shape,
+                     remedy="remove it (and its .progress.json)") -> None:
     """Refuses a file written for another function, params, data, options or shape."""
     if "fingerprints" not in meta:
         raise ValueError(f"{out} was written by an older ntkc, without the fingerprint of the "
-                         "function; remove it (and its .progress.json) or pick another out")
+                         f"function; {remedy} or pick another out")
     differ = [k for k, v in fingerprints.items() if meta["fingerprints"].get(k) != v]
     if tuple(meta.get("shape", ())) != shape and not differ:
         differ = ["shape"]
@@ -112,8 +115,8 @@ def _check_resumable(out, meta, fingerprints, program, shape) -> None:
         detail = _first_difference(meta.get("program", ""), program) if "function" in differ else ""
         if "options" in differ:
             detail += " (options include batch_size and the number of devices)"
-        raise ValueError(f"{out} was written for another {' and '.join(differ)}{detail}; remove "
-                         "it (and its .progress.json) or pick another out")
+        raise ValueError(f"{out} was written for another {' and '.join(differ)}{detail}; "
+                         f"{remedy} or pick another out")
 
 
 def _mirror_permutation(axes) -> list[int]:
@@ -382,11 +385,15 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
         and pair programs compile once.
       memory_limit: bytes of one tile's working set as the planner estimates it (see
         :func:`ntkc.ntk_fn`); the side cache is bounded separately by ``cache_bytes``.
-      out: None (return an array) or a ``.npy`` path, written tile by tile; the finished tiles are
-        recorded in ``<out>.progress.json`` and a rerun resumes; a file written for another
-        function (its traced program and the arrays it closes over), params, data, options,
-        batch size or number of devices is refused, naming what differs.
-      devices: the devices to spread tiles over (default: all of ``jax.devices()``). Each block
+      out: None (return an array); a ``.npy`` path, written tile by tile, the finished tiles
+        recorded in ``<out>.progress.json``; or any other path: a directory, the tile store of
+        :mod:`ntkc.gram_store` (one ``.npy`` per tile and a manifest; read with
+        :func:`ntkc.open_gram`), which several processes can write at once. A rerun resumes
+        either; one written for another function (its traced program and the arrays it closes
+        over), params, data, options, batch size or number of devices is refused, naming what
+        differs.
+      devices: this process's devices to spread tiles over (default: ``jax.local_devices()``,
+        all of them on one process). Each block
         then holds ``batch_size`` examples per device, sharded over a 1-D mesh; the sides and
         the tile rows are computed where their examples are.
       cache_bytes: bytes of sides kept for reuse (all devices together), least recently used
@@ -398,12 +405,17 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
         matrices (in memory: not with ``out``).
 
     Returns:
-      The kernel (``numpy`` array, or the memory-mapped file's array), laid out as
-      :func:`ntkc.ntk_fn` lays out ``kernel_fn(X1, X2, params)``; with ``by_param``, a pytree
-      shaped like ``params`` of such arrays, which sum to the kernel.
+      The kernel (``numpy`` array, the memory-mapped file's array, or for a store its
+      :class:`ntkc.gram_store.GramArray`), laid out as :func:`ntkc.ntk_fn` lays out
+      ``kernel_fn(X1, X2, params)``; with ``by_param``, a pytree shaped like ``params`` of such
+      arrays, which sum to the kernel.
 
-    Under ``jax.distributed`` every process runs the same call and receives the whole kernel;
-    give ``out`` a path of its own per process (or write from one).
+    Under ``jax.distributed`` (several processes) every process makes the same call; the tiles
+    left to compute are cut into one contiguous run per process (serpentine order), each run on
+    that process's local devices, sides reused within the process. With a store every process
+    writes its own tiles and the call returns, on every process, once all are on disk; with
+    ``out=None`` the tiles are gathered (``process_allgather``) so that each process receives
+    the whole kernel. A ``.npy`` ``out`` is refused: processes cannot share one file.
     """
     ntk_options.setdefault("vmap_axes", 0)
     if ntk_options["vmap_axes"] is None:
@@ -422,9 +434,18 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     cache_bytes = check_bytes(cache_bytes, "cache_bytes", allow_zero=True)
     if cache_bytes is None:
         cache_bytes = DEFAULT_CACHE_BYTES
-    devices = list(jax.devices() if devices is None else devices)
+    devices = list(jax.local_devices() if devices is None else devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         raise ValueError(f"devices must be a non-empty sequence of jax devices, got {devices!r}")
+    processes = jax.process_count()
+    if any(d.process_index != jax.process_index() for d in devices):
+        raise ValueError("gram: devices must be this process's own (jax.local_devices()): under "
+                         "jax.distributed each process computes its share of the tiles on its "
+                         "local devices")
+    if processes > 1 and out is not None and not is_store(out):
+        raise ValueError(f"gram: out={os.fspath(out)!r} is one .npy file, which {processes} "
+                         "processes cannot share; name a directory (a path without .npy) to "
+                         "write a tile store, or out=None to receive the kernel in memory")
     mesh = Mesh(np.array(devices), (_AXIS,))
     kernel_fn = KernelFunction(f, memory_limit=memory_limit, **ntk_options)
     symmetric = X2 is None
@@ -466,10 +487,12 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     starts2 = list(range(0, n2, block2))
     tiles = [(i, j) for i in starts1 for j in starts2 if not symmetric or j >= i]
     done: set = set()
-    record = None
-    if out is None:
+    record = store = None
+    gather = out is None and processes > 1  # each process computes its share, then all gather
+    if out is None or is_store(out):  # a store is opened below, once the layout is known
         n_leaves = len(jax.tree.leaves(params)) if by_param else 1
-        results = [np.zeros(shape, dtype) for _ in range(n_leaves)]
+        results = [] if out is not None or gather else [np.zeros(shape, dtype)
+                                                        for _ in range(n_leaves)]
     else:
         out = os.fspath(out)
         record = out + ".progress.json"
@@ -500,21 +523,36 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
                          lambda: factored.side(_put(_block(x, start, size, n), sharding)))
 
     perm = _mirror_permutation(axes)
+    if out is not None and is_store(out):
+        store = _open_store(out, f, params, X1, None if symmetric else X2,
+                            {**ntk_options, "batch_size": batch_size, "devices": d},
+                            shape, dtype, (block1, block2), perm)
+        done = {(bi * block1, bj * block2) for bi, bj in store.done()}
+    if processes > 1:  # process 0's view of the store, so that all processes agree what is left
+        done = _agree_done(tiles, done)
     todo = _tile_order([t for t in tiles if t not in done])
-    bar = _progress_bar(len(tiles), len(tiles) - len(todo)) if progress else None
+    shares = _shares(todo, processes)
+    mine = shares[jax.process_index()]
+    computed = []  # gather: this process's tiles, uncropped, for the other processes
+    if progress:
+        bar = _progress_bar(len(tiles), len(tiles) - len(todo)) if processes == 1 else \
+            _progress_bar(len(mine), 0, f"ntkc.gram (process {jax.process_index()} of {processes})")
+    else:
+        bar = None
     row = (None, None)
     try:
-        for i, j in todo:
+        for i, j in mine:
             r, c = min(block1, n1 - i), min(block2, n2 - j)
             if row[0] != i:  # held for the whole row, even if the cache drops it
                 row = (i, side(X1, i))
             column = row[1] if symmetric and j == i else side(X2, j)
             pieces = factored.pair(row[1], block1, column, block2, X2)
+            if store is not None:
+                store.write(i // block1, j // block2, pieces[0][:r, :c])
+            elif gather:
+                computed.append([p.astype(dtype, copy=False) for p in pieces])
             for result, tile in zip(results, pieces):
-                tile = tile[:r, :c]
-                result[i:i + r, j:j + c] = tile
-                if symmetric and j != i:
-                    result[j:j + c, i:i + r] = np.transpose(tile, perm)
+                _place(result, tile[:r, :c], i, j, symmetric, perm)
             if record is not None:
                 results[0].flush()
                 meta["done"].append([i, j])
@@ -527,14 +565,73 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     finally:
         if bar is not None:
             bar.close()
+    if store is not None:
+        if processes > 1:  # every process's share is on disk before any returns
+            multihost_utils.sync_global_devices(f"ntkc.gram {os.path.abspath(out)}")
+        return open_gram(out)
+    if gather:
+        tile_shape = (block1, block2) + shape[2:]
+        results = _gather(shares, computed, n_leaves, tile_shape, shape, dtype, symmetric, perm)
     if by_param:
         return jax.tree.unflatten(jax.tree.structure(params), results)
     return results[0]
 
 
-def _progress_bar(total, initial):
+def _place(result, tile, i, j, symmetric, perm):
+    """A tile (cropped) into the whole kernel, and mirrored below the diagonal."""
+    r, c = tile.shape[:2]
+    result[i:i + r, j:j + c] = tile
+    if symmetric and j != i:
+        result[j:j + c, i:i + r] = np.transpose(tile, perm)
+
+
+def _open_store(out, f, params, x1, x2, options, shape, dtype, block, perm) -> GramStore:
+    """The tile store at ``out``, new or resumed; refused if it is another kernel's."""
+    program, consts = _program(f, params, x1)
+    fingerprints = _fingerprints(program, consts, params, x1, x2, options)
+    manifest = {"format": FORMAT, "version": VERSION, "shape": list(shape),
+                "dtype": np.dtype(dtype).name, "symmetric": x2 is None, "block": list(block),
+                "mirror": list(perm), "fingerprints": fingerprints, "program": program}
+    check = lambda old: _check_resumable(out, old, fingerprints, program, tuple(shape),
+                                         remedy="remove the directory")
+    return GramStore.open(out, manifest, check)
+
+
+def _agree_done(tiles, done) -> set:
+    """Process 0's set of done tiles, on every process (no process writes a tile before it
+    has this, so all agree on what is left whatever each saw on disk)."""
+    mask = np.array([t in done for t in tiles], np.int32)
+    mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+    return {t for t, m in zip(tiles, mask) if m}
+
+
+def _shares(todo, processes) -> list[list]:
+    """The tiles left, in serpentine order, cut into one contiguous run per process: a process
+    spans few block rows, so it computes few row sides and its cache sees neighbouring tiles."""
+    cuts = [len(todo) * p // processes for p in range(processes + 1)]
+    return [todo[cuts[p]:cuts[p + 1]] for p in range(processes)]
+
+
+def _gather(shares, computed, n_leaves, tile_shape, shape, dtype, symmetric, perm) -> list:
+    """The whole kernel on every process from each process's tiles (``process_allgather`` of
+    equal-sized stacks: the runs differ by at most one tile, the shorter ones are padded)."""
+    count = max(len(s) for s in shares)
+    stacks = [np.zeros((count,) + tile_shape, dtype) for _ in range(n_leaves)]
+    for k, pieces in enumerate(computed):
+        for stack, piece in zip(stacks, pieces):
+            stack[k] = piece
+    stacks = [np.asarray(s) for s in multihost_utils.process_allgather(stacks)]
+    results = [np.zeros(shape, dtype) for _ in range(n_leaves)]
+    for p, share in enumerate(shares):
+        for k, (i, j) in enumerate(share):
+            for result, stack in zip(results, stacks):
+                _place(result, stack[p, k][:shape[0] - i, :shape[1] - j], i, j, symmetric, perm)
+    return results
+
+
+def _progress_bar(total, initial, desc="ntkc.gram"):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a dependency; without it, no bar
         return None
-    return tqdm(total=total, initial=initial, unit="tile", desc="ntkc.gram")
+    return tqdm(total=total, initial=initial, unit="tile", desc=desc)

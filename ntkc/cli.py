@@ -7,6 +7,10 @@ float64 reference.
 ``ntkc inspect MODULE:FACTORY`` imports MODULE, calls ``FACTORY()`` for ``(f, params, x1)`` or
 ``(f, params, x1, x2)`` and prints what the structured method compiles for them: the plan table,
 and optionally its graph as DOT and the emitted program as StableHLO.
+
+``ntkc gram MODULE:FACTORY --data X.npy --out DIR`` computes the Gram matrix of a dataset into a
+tile store (:mod:`ntkc.gram_store`), one command per process: under ``jax.distributed`` the
+processes share the tiles.
 """
 
 from __future__ import annotations
@@ -350,6 +354,65 @@ def inspect(spec: str, method="auto", trace_axes=(-1,), diagonal_axes=(), vmap_a
     return 0
 
 
+# ----------------------------------------------------------------------------- gram
+
+
+def _initialize_distributed(coordinator, num_processes, process_id, cluster) -> None:
+    """``jax.distributed.initialize`` from the flags (all three), or from the cluster's
+    environment (SLURM, Open MPI, TPU pods, ...) with ``--cluster``; before any JAX computation,
+    so before the factory runs."""
+    flags = (coordinator, num_processes, process_id)
+    if all(v is None for v in flags) and not cluster:
+        return
+    if cluster and any(v is not None for v in flags):
+        raise CommandError("--cluster reads the process layout from the cluster's environment; "
+                           "give it or --coordinator, --num-processes and --process-id, not both")
+    if not cluster and any(v is None for v in flags):
+        raise CommandError("--coordinator, --num-processes and --process-id go together")
+    try:
+        if cluster:
+            jax.distributed.initialize()
+        else:
+            jax.distributed.initialize(coordinator, num_processes, process_id)
+    except Exception as err:
+        raise CommandError(f"jax.distributed.initialize failed: {_one_line(err)}",
+                           status=1) from err
+
+
+def _load_data(path, name):
+    try:
+        return np.load(path, mmap_mode="r")  # examples are read block by block
+    except (OSError, ValueError) as err:
+        raise CommandError(f"cannot read {name} {path!r}: {_one_line(err)}") from err
+
+
+def gram(spec: str, out_dir: str, data=None, x2=None, batch_size=None, memory_limit=None,
+         method="auto", trace_axes=(-1,), diagonal_axes=(), cache_bytes=None, progress=True,
+         coordinator=None, num_processes=None, process_id=None, cluster=False, out=None) -> int:
+    """Runs ``ntkc gram``; returns the exit status."""
+    _initialize_distributed(coordinator, num_processes, process_id, cluster)
+    import ntkc
+
+    out = out or sys.stdout
+    f, params, x1, factory_x2 = load_factory(spec)
+    if data is not None:
+        x1 = _load_data(data, "--data")
+        factory_x2 = None
+    if x2 is not None:
+        factory_x2 = _load_data(x2, "--x2")
+    me, processes = jax.process_index(), jax.process_count()
+    try:
+        kernel = ntkc.gram(f, params, x1, factory_x2, batch_size=batch_size,
+                           memory_limit=memory_limit, out=out_dir, cache_bytes=cache_bytes,
+                           progress=progress, method=method, trace_axes=trace_axes,
+                           diagonal_axes=diagonal_axes)
+    except ValueError as err:
+        raise CommandError(f"ntkc.gram failed: {_one_line(err)}", status=1) from err
+    print(f"ntkc gram {spec}: process {me} of {processes} done; {out_dir}: kernel "
+          f"{tuple(kernel.shape)} {kernel.dtype}", file=out, flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -393,6 +456,49 @@ def _parser() -> argparse.ArgumentParser:
                                 help="write the plan's graph as Graphviz DOT to FILE ('-': stdout)")
     inspect_parser.add_argument("--hlo", action="store_true",
                                 help="also print the kernel program's StableHLO")
+    gram_parser = commands.add_parser(
+        "gram", help="the Gram matrix of a dataset into a tile store, one command per process",
+        description="Imports MODULE and calls FACTORY() for (f, params, x1) or (f, params, x1, "
+                    "x2) as ntkc inspect does, and writes ntkc.gram(f, params, X1, X2) (examples "
+                    "along axis 0, vmap_axes=0) into the tile store --out (read it with "
+                    "ntkc.open_gram). A rerun resumes. Under jax.distributed (--coordinator ..., "
+                    "or --cluster under SLURM / Open MPI) run one command per process: the "
+                    "processes share the tiles.",
+    )
+    gram_parser.add_argument("spec", metavar="MODULE:FACTORY",
+                             help="e.g. mymodel:make or path/to/model.py:make")
+    gram_parser.add_argument("--data", metavar="X.npy",
+                             help="the examples (axis 0) as a .npy file (default: the factory's "
+                                  "x1, and its x2 if any)")
+    gram_parser.add_argument("--x2", metavar="Y.npy",
+                             help="the examples of the columns (default: --data, a symmetric "
+                                  "kernel)")
+    gram_parser.add_argument("--out", required=True, metavar="DIR",
+                             help="the tile store (a directory; a path ending in .npy writes "
+                                  "one file instead, single process only)")
+    gram_parser.add_argument("--batch-size", type=_positive, metavar="B",
+                             help="examples per block and device (default: from --memory-limit, "
+                                  "else 64)")
+    gram_parser.add_argument("--memory-limit", type=_positive, metavar="BYTES",
+                             help="bytes of one tile's working set (ntkc.gram's memory_limit)")
+    gram_parser.add_argument("--cache-bytes", type=int, metavar="BYTES",
+                             help="bytes of sides kept for reuse (default 2 GiB)")
+    gram_parser.add_argument("--method", choices=("auto", "structured", "jacobian", "ntvp"),
+                             default="auto", help="as in ntkc.ntk_fn (default auto)")
+    gram_parser.add_argument("--trace-axes", type=_axes_list, default=(-1,), metavar="AXES",
+                             help="comma-separated ints, or 'none' for () (default -1)")
+    gram_parser.add_argument("--diagonal-axes", type=_axes_list, default=(), metavar="AXES",
+                             help="comma-separated ints, or 'none' for () (default none)")
+    gram_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gram_parser.add_argument("--coordinator", metavar="HOST:PORT",
+                             help="jax.distributed: process 0's address and a free port")
+    gram_parser.add_argument("--num-processes", type=_positive, metavar="P",
+                             help="jax.distributed: the number of processes")
+    gram_parser.add_argument("--process-id", type=int, metavar="I",
+                             help="jax.distributed: this process, 0 to P-1")
+    gram_parser.add_argument("--cluster", action="store_true",
+                             help="jax.distributed.initialize() with the process layout from the "
+                                  "cluster's environment (SLURM, Open MPI, Cloud TPU, ...)")
     commands.add_parser(
         "bench", help="the benchmark suite (bench/ of a source checkout); --help for its options",
         description="Runs bench/suite.py of the source checkout ntkc is installed from (an "
@@ -450,6 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inspect": lambda a: inspect(a.spec, method=a.method, trace_axes=a.trace_axes,
                                      diagonal_axes=a.diagonal_axes, vmap_axes=a.vmap_axes,
                                      strict=a.strict, dot=a.dot, hlo=a.hlo),
+        "gram": lambda a: gram(a.spec, a.out, data=a.data, x2=a.x2, batch_size=a.batch_size,
+                               memory_limit=a.memory_limit, method=a.method,
+                               trace_axes=a.trace_axes, diagonal_axes=a.diagonal_axes,
+                               cache_bytes=a.cache_bytes, progress=not a.no_progress,
+                               coordinator=a.coordinator, num_processes=a.num_processes,
+                               process_id=a.process_id, cluster=a.cluster),
     }
     try:
         return commands[args.command](args)
