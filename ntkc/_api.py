@@ -127,7 +127,7 @@ class KernelFunction:
     """
 
     def __init__(self, f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, method="auto",
-                 strict=False, memory_limit=None, by_param=False):
+                 strict=False, memory_limit=None, by_param=False, _split_outputs=True):
         check_method(method)
         if not callable(f):
             raise TypeError(f"f must be callable, got {f!r}")
@@ -139,6 +139,8 @@ class KernelFunction:
         self._jit_by_options: dict[tuple, Callable] = {}
         self._configs: dict[Any, Config] = {}
         self._records: dict[Any, list | None] = {}
+        self._split_outputs = _split_outputs  # False for the kernel of one chunk of outputs
+        self._chunk_fns: dict[tuple[int, int], KernelFunction] = {}
         self.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
 
     def _resolve(self, x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
@@ -197,7 +199,10 @@ class KernelFunction:
             else:
                 assignment = config.leaf_methods or (config.method,) * len(req.leaf_sizes)
                 peak = req.peak(assignment)
-                if peak > self.memory_limit or ("structured" in assignment and req.terms is None):
+                if "structured" in assignment and req.terms is None:
+                    raise _split.NoFit(config, "no contraction order of the structured method "
+                                       "fits for the whole batch")
+                if peak > self.memory_limit:
                     raise _split.NoFit(config, f"method {config.method!r} needs about "
                                        f"{peak:.3g} bytes for the whole batch")
         return config
@@ -229,9 +234,57 @@ class KernelFunction:
             try:
                 config = self._resolve(x1, x2, params, kwargs1, kwargs2, static1, static2)
             except _split.NoFit as err:
-                config = self._block_config(err, x1, x2, params, kwargs)
+                config = self._split_config(err, x1, x2, params, kwargs)
             config = self._configs[key] = dataclasses.replace(config, read_rng=read_rng)
         return config, (x1, x2, params, dyn1, dyn2)
+
+    def _split_config(self, err, x1, x2, params, kwargs) -> Config:
+        """Blocks of examples that fit ``memory_limit``, else chunks of outputs (whose calls may
+        split their examples in turn)."""
+        try:
+            return self._block_config(err, x1, x2, params, kwargs)
+        except PathMemoryError as no_blocks:
+            config = self._chunk_config(err, x1, x2, params, kwargs)
+            if config is None:
+                if not self._split_outputs:
+                    raise
+                raise PathMemoryError(f"{no_blocks}, nor for one output at a time") from None
+            return config
+
+    def _chunk_config(self, err, x1, x2, params, kwargs) -> Config | None:
+        """The largest chunk of outputs (an equal divisor of the largest output axis that is
+        not the batch axis) whose kernel fits ``memory_limit``; None when there is none."""
+        config = err.config
+        if not self._split_outputs or len(config.axes) != 1 or _split.sided_kwargs(kwargs):
+            return None
+        axes = config.axes[0]
+        batch = config.batching.outputs[0] if config.batching is not None else None
+        candidates = [a for a in range(axes.ndim) if a != batch and axes.shape1[a] > 1
+                      and axes.shape1[a] == axes.shape2[a]]
+        if not candidates:
+            return None
+        axis = max(candidates, key=lambda a: axes.shape1[a])
+        n = axes.shape1[axis]
+        for size in (d for d in range(n // 2, 0, -1) if n % d == 0):
+            inner = self._chunk_fn(axis, size)
+            try:  # two different chunks: the costlier case
+                inner.prepare((x1, _split.output_start(0)),
+                              (x1 if x2 is None else x2, _split.output_start(size)),
+                              params, **kwargs)
+            except PathMemoryError:
+                continue
+            return dataclasses.replace(config, method="outputs", chunk=(axis, size))
+        return None
+
+    def _chunk_fn(self, axis: int, size: int) -> "KernelFunction":
+        """The kernel function of ``f`` restricted to ``size`` outputs along ``axis``
+        (``_split.output_chunk``)."""
+        if (axis, size) not in self._chunk_fns:
+            self._chunk_fns[axis, size] = KernelFunction(
+                _split.output_chunk(self.f, axis, size), self.trace_axes, self.diagonal_axes,
+                _split.chunk_vmap_axes(self.vmap_axes), self.method, self.strict,
+                self.memory_limit, self.by_param, _split_outputs=False)
+        return self._chunk_fns[axis, size]
 
     def _block_config(self, err, x1, x2, params, kwargs) -> Config:
         """The largest block of examples (halving) for which a method fits ``memory_limit``."""
@@ -311,6 +364,8 @@ class KernelFunction:
         config, args = self.prepare(x1, x2, params, **kwargs)
         if config.block:
             return self._blockwise(config, x1, x2, params, kwargs)
+        if config.chunk:
+            return _split.chunkwise(config, self._chunk_fn(*config.chunk), x1, x2, params, kwargs)
         return self._jit(config, args)(*args, config=config)
 
     def _blockwise(self, config, x1, x2, params, kwargs):
@@ -369,6 +424,16 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
                    strict=strict)
     kfn = KernelFunction(f, method=method, memory_limit=memory_limit, **options)
     chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
+    chunks = ""
+    if chosen.chunk:  # the plan of one chunk of outputs: what each call of the split kernel runs
+        axis, size = chosen.chunk
+        chunks = (f" in chunks of {size} of the {chosen.axes[0].shape1[axis]} outputs along "
+                  f"output axis {axis}")
+        kfn = kfn._chunk_fn(axis, size)
+        f, options["vmap_axes"] = kfn.f, kfn.vmap_axes
+        x1 = (x1, _split.output_start(0))
+        x2 = None if x2 is None else (x2, _split.output_start(0))
+        chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
     blocks = ""
     if chosen.block:  # the plan of one block: what each call of the split kernel runs
         axes, size = chosen.batching.inputs, chosen.block
@@ -390,7 +455,7 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     leaf_names = [jax.tree_util.keystr(p) or "params"
                   for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     leaf_methods = chosen.leaf_methods or (chosen.method,) * len(leaf_names)
-    return _plan.build_plan(records, _auto.cotangent_cost(req), chosen.method + blocks,
+    return _plan.build_plan(records, _auto.cotangent_cost(req), chosen.method + blocks + chunks,
                             [a.kernel_shape for a in config.axes], output_names, leaf_names,
                             dict(zip(leaf_names, leaf_methods)), _auto.method_costs(req))
 

@@ -116,6 +116,21 @@ class KernelAxes:
             pos += width
         raise ValueError(axis)
 
+    def mirror_permutation(self) -> list[int]:
+        """The axes permutation that turns K(x2-side, x1-side) into K(x1-side, x2-side) for a
+        symmetric kernel: every pair of free axes swapped, diagonal axes kept."""
+        perm, pos = [], 0
+        for a in range(self.ndim):
+            if a in self.trace:
+                continue
+            if a in self.diagonal:
+                perm.append(pos)
+                pos += 1
+            else:
+                perm += [pos + 1, pos]
+                pos += 2
+        return perm
+
     def drop(self, axis: int) -> "KernelAxes":
         """The axes of the same leaf with output axis ``axis`` removed (per-example view)."""
 

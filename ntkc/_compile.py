@@ -307,6 +307,12 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
     a1, a2, ap = _abstract(x1), (None if x2 is None else _abstract(x2)), _abstract(params)
     kfn = KernelFunction(f, **options)
     config, args = kfn.prepare(a1, a2, ap, **kwargs)
+    if config.chunk:
+        axis, size = config.chunk
+        raise ValueError(f"memory_limit={memory_limit}: the kernel for these shapes is computed "
+                         f"in chunks of {size} outputs along output axis {axis}, which one "
+                         "compiled program cannot hold; raise memory_limit, or compile a function "
+                         "that returns one chunk of the outputs")
     if config.block:
         raise ValueError(f"memory_limit={memory_limit}: the kernel for these shapes is computed "
                          f"in blocks of {config.block} examples, which one compiled program "

@@ -119,21 +119,6 @@ def _check_resumable(out, meta, fingerprints, program, shape,
                          f"{remedy} or pick another out")
 
 
-def _mirror_permutation(axes) -> list[int]:
-    """Kernel axes of K(x2-block, x1-block) from K(x1-block, x2-block): swap every pair."""
-    perm, pos = [], 0
-    for a in range(axes.ndim):
-        if a in axes.trace:
-            continue
-        if a in axes.diagonal:
-            perm.append(pos)
-            pos += 1
-        else:
-            perm += [pos + 1, pos]
-            pos += 2
-    return perm
-
-
 def _choose_batch_size(kernel_fn, params, x1, n, memory_limit) -> int:
     """The largest power-of-two block whose tile fits ``memory_limit`` whole: the planner's
     working-set estimate for two distinct blocks, with the method the tiles will run."""
@@ -146,7 +131,8 @@ def _choose_batch_size(kernel_fn, params, x1, n, memory_limit) -> int:
             config, _ = kernel_fn.prepare(block, jax.tree.map(jnp.copy, block), params)
         except ValueError:  # PathMemoryError: not even one example fits
             break
-        if config.block is not None:  # the planner would split this tile: too large
+        if config.block is not None or config.chunk is not None:  # the planner would split
+            # this tile: too large
             break
         size *= 2
     return size
@@ -466,7 +452,8 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     if 0 not in axes.free:
         raise ValueError("gram: the example axis (0) must be neither traced nor diagonal")
     requested = ntk_options.get("method", "auto")
-    if config.block is not None and not (isinstance(requested, str) and requested == "auto"):
+    if (config.block is not None or config.chunk is not None) and not (
+            isinstance(requested, str) and requested == "auto"):
         # the factored programs cannot split a tile: never run one over memory_limit silently
         fits = _choose_batch_size(kernel_fn, params, X1, n1, memory_limit)
         raise ValueError(f"batch_size={batch_size}: a tile of {batch_size} x {batch_size} examples "
@@ -522,7 +509,7 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
         return cache.get((x is X1, start),
                          lambda: factored.side(_put(_block(x, start, size, n), sharding)))
 
-    perm = _mirror_permutation(axes)
+    perm = axes.mirror_permutation()
     if out is not None and is_store(out):
         store = _open_store(out, f, params, X1, None if symmetric else X2,
                             {**ntk_options, "batch_size": batch_size, "devices": d},

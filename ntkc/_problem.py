@@ -51,6 +51,7 @@ class Config:
     read_rng: str | None = None  # "key" or "pair": derive x2's key (see _api.read_keys)
     leaf_methods: tuple[str, ...] | None = None  # method "mixed": the method of each params leaf
     block: int | None = None  # method "blocks": examples per block under memory_limit
+    chunk: tuple[int, int] | None = None  # method "outputs": (output axis, outputs per chunk)
     compiler_options: tuple = ()  # XLA options of the kernel's programs (_compat.compiler_options)
     dtypes: tuple = ()  # per output leaf, the kernel's dtype (_args.kernel_dtype), whatever the method
 

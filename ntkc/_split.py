@@ -1,10 +1,18 @@
-"""Batch splits under ``memory_limit``: the kernel computed block by block of examples.
+"""Splits under ``memory_limit``: the kernel computed block by block of examples, or chunk by
+chunk of outputs.
 
 When no method's estimated working set fits ``memory_limit`` for the whole batch, and
 ``vmap_axes`` certifies that examples do not interact, the kernel is computed for blocks of
 examples (one program per block shape, each within the limit) and the blocks are assembled:
 side by side along a free example axis, one after another along a diagonal one, and averaged,
 weighted by block size, over a traced one.
+
+When not even one example fits (ResNet-18 with 1000 logits), the outputs are split: the kernel
+of ``f`` restricted to equal chunks of its largest non-batch output axis (the cotangents a method
+carries scale with the outputs), one program for every chunk (the chunk's start is an array
+argument), assembled the same way along that output axis. A free output axis needs the kernel of
+every pair of chunks (chunk a of ``f(x1)`` against chunk b of ``f(x2)``: the start differs per
+side); a traced or diagonal one only the pairs (a, a).
 """
 
 from __future__ import annotations
@@ -39,6 +47,12 @@ def _slice(leaf, axis, start, stop):
     return jax.lax.slice_in_dim(jnp.asarray(leaf), start, stop, axis=axis)
 
 
+def sided_kwargs(kwargs: dict) -> bool:
+    """Whether keyword arguments differ between the sides (an rng key, a pair): a split would
+    change them."""
+    return any(k == "rng" or (isinstance(v, tuple) and len(v) == 2) for k, v in kwargs.items())
+
+
 def check_splittable(config: Config, kwargs: dict, why: str, limit: int) -> None:
     """Raises the planner's memory error when the batch cannot be split."""
     from ntkc.passes.path import PathMemoryError
@@ -46,7 +60,7 @@ def check_splittable(config: Config, kwargs: dict, why: str, limit: int) -> None
     if config.batching is None:
         raise PathMemoryError(f"memory_limit={limit}: {why}; without vmap_axes the batch is one "
                               "example and cannot be split")
-    if any(k == "rng" or (isinstance(v, tuple) and len(v) == 2) for k, v in kwargs.items()):
+    if sided_kwargs(kwargs):
         raise PathMemoryError(f"memory_limit={limit}: {why}; a batch split would change the "
                               "rng keys or per-side keyword arguments, so it is not done")
 
@@ -81,3 +95,61 @@ def assemble(config: Config, grid: dict, rows, cols):
             out.append(jax.tree.map(lambda *bs: sum(w * x for w, x in zip(weights, bs)),
                                     *[pick(grid[(i, i)]) for i in range(len(rows))]))
     return jax.tree.unflatten(treedef, out)
+
+
+def output_start(start: int):
+    return jnp.asarray(start, jnp.int32)
+
+
+def output_chunk(f, axis: int, size: int):
+    """``f`` restricted to ``size`` outputs along ``axis`` of its one output leaf: a function of
+    ``(x, start)`` (the start an unbatched array input, different on the two sides of a pair of
+    chunks, one program for every chunk)."""
+
+    def chunk(params, x_start, **kwargs):
+        x, start = x_start
+        return jax.tree.map(lambda y: jax.lax.dynamic_slice_in_dim(y, start, size, axis),
+                            f(params, x, **kwargs))
+
+    return chunk
+
+
+def chunk_vmap_axes(vmap_axes):
+    """``vmap_axes`` of :func:`output_chunk`'s function: the start is not batched."""
+    if vmap_axes is None:
+        return None
+    if isinstance(vmap_axes, tuple) and len(vmap_axes) == 3:
+        in_axes, out_axes, kwargs_axes = vmap_axes
+        return ((in_axes, None), out_axes, kwargs_axes)
+    return ((vmap_axes, None), vmap_axes, {})
+
+
+def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs):
+    """The kernel from the kernels of chunks of outputs (``config.chunk``), each a call of
+    ``chunk_fn``, the kernel function of one chunk."""
+    axis, size = config.chunk
+    axes = config.axes[0]
+    starts = range(0, axes.shape1[axis], size)
+
+    def call(a, b):  # chunk a of f(x1) against chunk b of f(x2)
+        other = None if x2 is None and a == b else (x1 if x2 is None else x2, output_start(b))
+        return chunk_fn((x1, output_start(a)), other, params, **kwargs)
+
+    if axis in axes.trace:  # a mean over the outputs: the mean of equal chunks' means
+        return jax.tree.map(lambda *ks: sum(ks) / len(ks), *[call(s, s) for s in starts])
+    if axis in axes.diagonal:
+        (p,) = axes.kernel_position(axis)
+        return jax.tree.map(lambda *ks: jnp.concatenate(ks, p), *[call(s, s) for s in starts])
+    p1, p2 = axes.kernel_position(axis)
+    grid = {}
+    for i, a in enumerate(starts):
+        for j, b in enumerate(starts):
+            if x2 is None and j < i:  # Θ(x1, x1) is symmetric: mirror the block (j, i)
+                grid[i, j] = jax.tree.map(lambda k: jnp.transpose(k, axes.mirror_permutation()),
+                                          grid[j, i])
+            else:
+                grid[i, j] = call(a, b)
+    n = len(starts)
+    rows = [jax.tree.map(lambda *ks: jnp.concatenate(ks, p2), *[grid[i, j] for j in range(n)])
+            for i in range(n)]
+    return jax.tree.map(lambda *ks: jnp.concatenate(ks, p1), *rows)

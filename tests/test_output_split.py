@@ -1,0 +1,124 @@
+"""Streaming over outputs under memory_limit: when not even one example fits, the kernel is
+computed in chunks of outputs (alone, or with example blocks inside each chunk), and equals the
+unsplit kernel for traced, untraced and diagonal output axes, in every method."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntkc
+from ntkc import _split
+from ntkc.testing import reference_ntk
+
+R = np.random.default_rng(0)
+P = {"w": R.standard_normal((4, 32)) / 2, "v": R.standard_normal((32, 12)) / 5}
+X1, X2 = R.standard_normal((6, 4)), R.standard_normal((5, 4))
+
+
+def f(p, x):
+    return jnp.tanh(x @ p["w"]) @ p["v"]  # (N, 12): 12 outputs to split
+
+
+# memory limits (bytes) under which the whole batch, and one example, do not fit
+LIMIT = {"structured": 8192, "jacobian": 16384, "ntvp": 16384, "auto": 8192}
+AXES = [((), ()), ((-1,), ()), ((), (-1,))]
+
+
+def _splits(kfn, x1, x2):
+    """(the outer config, the config of one chunk's kernel)."""
+    config, _ = kfn.prepare(x1, x2, P)
+    inner = kfn._chunk_fn(*config.chunk).prepare(
+        (x1, _split.output_start(0)), (x1 if x2 is None else x2, _split.output_start(0)), P)[0]
+    return config, inner
+
+
+@pytest.mark.parametrize("method", sorted(LIMIT))
+@pytest.mark.parametrize("trace_axes, diagonal_axes", AXES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_output_chunks_with_example_blocks_equal_the_kernel(method, trace_axes, diagonal_axes,
+                                                           symmetric):
+    x2 = None if symmetric else X2
+    kfn = ntkc.ntk_fn(f, trace_axes, diagonal_axes, vmap_axes=0, method=method,
+                      memory_limit=LIMIT[method])
+    config, inner = _splits(kfn, X1, x2)
+    assert config.chunk is not None and config.chunk[0] == 1 and config.chunk[1] < 12
+    assert inner.block is not None  # each chunk's kernel is split into example blocks too
+    want = reference_ntk(f, X1, x2, P, trace_axes, diagonal_axes)
+    np.testing.assert_allclose(kfn(X1, x2, P), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("method, limit", [("structured", 131072), ("jacobian", 131072),
+                                           ("ntvp", 65536), ("auto", 65536)])
+def test_output_chunks_alone_without_vmap_axes(method, limit):
+    kfn = ntkc.ntk_fn(f, (), vmap_axes=None, method=method, memory_limit=limit)
+    config, _ = kfn.prepare(X1, X2, P)
+    assert config.block is None and config.chunk is not None
+    np.testing.assert_allclose(kfn(X1, X2, P), reference_ntk(f, X1, X2, P, ()),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_a_traced_batch_axis_and_an_output_split_together():
+    kfn = ntkc.ntk_fn(f, (0,), vmap_axes=0, method="structured", memory_limit=8192)
+    assert kfn.prepare(X1, None, P)[0].chunk is not None
+    np.testing.assert_allclose(kfn(X1, None, P), reference_ntk(f, X1, None, P, (0,)),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_pytree_output_by_param_and_kwargs_with_output_chunks():
+    g = lambda p, x, scale: {"logits": f(p, x) * scale}
+    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=8192,
+                      by_param=True)
+    assert kfn.prepare(X1, X2, P, scale=2.0)[0].chunk is not None
+    got = kfn(X1, X2, P, scale=2.0)
+    whole = reference_ntk(g, X1, X2, P, (), scale=2.0)
+    np.testing.assert_allclose(sum(jax.tree.leaves(got["logits"])), whole["logits"],
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_under_the_users_jit():
+    kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured", memory_limit=8192)
+    got = jax.jit(lambda x1, x2, p: kfn(x1, x2, p))(X1, X2, P)
+    np.testing.assert_allclose(got, reference_ntk(f, X1, X2, P, ()), rtol=1e-10, atol=1e-12)
+
+
+def test_nothing_fits_names_both_splits():
+    with pytest.raises(ntkc.PathMemoryError, match="not even for one example at a time, nor "
+                                                    "for one output at a time"):
+        ntkc.ntk_fn(f, (), vmap_axes=0, method="jacobian", memory_limit=2048)(X1, X2, P)
+
+
+def test_compile_refuses_an_output_split_naming_it():
+    with pytest.raises(ValueError, match="in chunks of 6 outputs along output axis 1"):
+        ntkc.compile(f, X1, X2, P, trace_axes=(), vmap_axes=0, method="structured",
+                     memory_limit=8192)
+
+
+# ------------------------------------------------------------------------ a regression
+
+def test_structured_unbatched_inputs_that_differ_between_the_sides():
+    """An unbatched input leaf (or keyword argument) of x1 and x2 is each side's own: the
+    structured method once reused x1's (closed over as a constant) for x2."""
+    g = lambda p, xs: jnp.tanh(xs[0] @ p["w"] * xs[1]) @ p["v"]
+    x1 = (X1, jnp.asarray(1.0))
+    x2 = (X2, jnp.asarray(3.0))
+    got = ntkc.ntk_fn(g, vmap_axes=((0, None), 0, {}), method="structured")(x1, x2, P)
+    np.testing.assert_allclose(got, reference_ntk(g, x1, x2, P), rtol=1e-10, atol=1e-12)
+    h = lambda p, x, s, train: g(p, (x, s)) * (2.0 if train else 1.0)
+    kwargs = dict(s=(jnp.asarray(1.0), jnp.asarray(3.0)), train=(True, False))
+    got = ntkc.ntk_fn(h, vmap_axes=0, method="structured")(X1, X2, P, **kwargs)
+    k1 = lambda p, x: h(p, x, jnp.asarray(1.0), True)
+    k2 = lambda p, x: h(p, x, jnp.asarray(3.0), False)
+    j1 = jax.jacrev(k1)(P, X1)
+    j2 = jax.jacrev(k2)(P, X2)
+    want = sum(np.einsum("aok,bok->ab", np.asarray(a).reshape(6, 12, -1),
+                         np.asarray(b).reshape(5, 12, -1)) / 12
+               for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_plan_names_the_output_chunks():
+    plan = ntkc.plan(f, X1, X2, P, trace_axes=(), vmap_axes=0, memory_limit=8192)
+    assert plan.method.endswith("in chunks of 6 of the 12 outputs along output axis 1")
+    assert plan.terms
