@@ -14,7 +14,7 @@ from ntkc.pntk import pseudo_ntk_fn
 from ntkc.spectrum import condition_number, ntk_eigenvalues
 from ntkc.ir import Form, OneHot, Plan, Term
 from ntkc.passes.cost import Cost
-from ntkc.passes.emit import UnsupportedPrimitiveError
+from ntkc.passes.evaluate import UnsupportedPrimitiveError
 from ntkc.passes.path import PathMemoryError
 from ntkc.rules.registry import register_rule
 

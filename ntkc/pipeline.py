@@ -1,6 +1,6 @@
 """The structured-derivatives method: the ordered passes, from a Problem to its kernels.
 
-trace (linearize) -> inline -> uses -> rules (in emit) -> network (einsum per pair of uses).
+trace (linearize) -> inline -> uses -> rules (in evaluate) -> network (einsum per pair of uses).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ntkc._problem import Config, Problem
-from ntkc.passes.emit import evaluate_side
+from ntkc.passes.evaluate import evaluate_side
 from ntkc.passes import capability, network
 from ntkc.passes.inline import inline
 from ntkc.passes.network import Side, output_kernel

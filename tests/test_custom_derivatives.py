@@ -15,7 +15,7 @@ import pytest
 from jax import lax
 
 import ntkc
-from ntkc.passes import emit
+from ntkc.passes import evaluate
 from ntkc.passes.capability import ReverseModeError
 
 METHODS = ("auto", "structured", "jacobian", "ntvp")
@@ -187,7 +187,7 @@ def test_fori_loop(method, setting):
 
 
 def test_control_flow_fallback_reported():
-    emit._REPORTED.discard("scan")  # reported once per process: forget an earlier report
+    evaluate._REPORTED.discard("scan")  # reported once per process: forget an earlier report
     with pytest.warns(UserWarning, match="no structured rule for primitive 'scan'"):
         ntkc.ntk_fn(fori, method="structured")(XC, None, CONTROL)
 

@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 import ntkc
-from ntkc.passes.emit import UnsupportedPrimitiveError
+from ntkc.passes.evaluate import UnsupportedPrimitiveError
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -204,9 +204,9 @@ def test_strict_passes_when_every_use_has_a_rule():
 
 
 def test_fallback_is_reported_once_per_primitive():
-    from ntkc.passes import emit
+    from ntkc.passes import evaluate
 
-    emit._REPORTED.discard("cond")
+    evaluate._REPORTED.discard("cond")
     f = cond_model
     params = {"w": normal(0, (3, 2))}
     with pytest.warns(UserWarning, match="cond"):
