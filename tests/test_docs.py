@@ -32,7 +32,6 @@ def test_every_doc_is_run_once_and_no_block_is_skipped_silently():
         assert "docblocks.run(" in source and pathlib.Path(doc).name in source, runner
     for doc in DOCS:
         blocks = docblocks.python_blocks(ROOT / doc)
-        assert blocks, f"{doc} has no ```python block"
         infos = {b.info for b in blocks}
         assert infos <= {"python", "python no-run"}, f"{doc}: unknown fences {infos}"
         skipped = [b.where() for b in blocks if not b.runs]
