@@ -2,6 +2,7 @@
 
     python -m bench [--models mlp,cnn] [--methods jacobian,structured] [--n 8] [--outputs 10]
                     [--trace both|traced|untraced] [--repeats 5] [--json FILE]
+    python -m bench --suite paper [--quick] [...]   (bench/paper.py: the paper's cases)
 
 Per case: trace and compile seconds, median and min run seconds (after compilation, >= 5 runs
 and >= 0.5 s of runs per method, up to 50; the methods' runs interleaved so that a shared
@@ -207,14 +208,44 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=5,
                     help="timed runs of each method, interleaved round by round (default: 5)")
     ap.add_argument("--json", default=None, help="where to write the results (default: bench/results/)")
+    ap.add_argument("--suite", choices=("default", "paper"), default="default",
+                    help="default: this suite's small models; paper: the paper's cases at their "
+                         "scale, Flax ResNet-18/50 and ViT-S/16 on 224x224, WRN-28-10, the "
+                         "3x2048 FCN, under memory_limit (bench/paper.py; --suite paper --help "
+                         "for its options)")
     ap.add_argument("--scaling", action="store_true",
                     help="instead: time each method on the MLP as width and N grow (bench/scaling.py; "
                          "--scaling --help for its options)")
     return ap
 
 
+def _suite(argv: list) -> tuple[str, list]:
+    """The value of ``--suite`` (``--suite X`` or ``--suite=X``; "default" when absent) and the
+    other arguments."""
+    rest, suite, i = [], "default", 0
+    while i < len(argv):
+        if argv[i] == "--suite" and i + 1 < len(argv):
+            suite, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--suite="):
+            suite = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return suite, rest
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    suite, rest = _suite(argv)
+    if suite == "paper":  # the paper's suite parses its own options
+        from bench import paper
+
+        return paper.main(rest)
+    if suite != "default":
+        parser().error(f"argument --suite: invalid choice: {suite!r} (choose from 'default', "
+                       "'paper')")
+    argv = rest
     if "--scaling" in argv:  # the scaling sweep parses its own options
         from bench import scaling
 

@@ -500,7 +500,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="jax.distributed.initialize() with the process layout from the "
                                   "cluster's environment (SLURM, Open MPI, Cloud TPU, ...)")
     commands.add_parser(
-        "bench", help="the benchmark suite (bench/ of a source checkout); --help for its options",
+        "bench", help="the benchmark suite (bench/ of a source checkout; --suite paper: the "
+                      "paper's cases at their scale); --help for its options",
         description="Runs bench/suite.py of the source checkout ntkc is installed from (an "
                     "editable install); the remaining arguments go to it.",
         add_help=False,
