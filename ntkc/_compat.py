@@ -59,6 +59,15 @@ def reverse_only(eqn) -> bool:
     return eqn.primitive.name in _REVERSE_ONLY
 
 
+_CUSTOM_DERIVATIVES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jvp_call"})
+
+
+def custom_derivative(eqn) -> bool:
+    """Whether an equation calls a function with a custom derivative (custom_vjp / custom_jvp),
+    whose derivatives come from the user's rules, not from its body."""
+    return eqn.primitive.name in _CUSTOM_DERIVATIVES
+
+
 def forward_mode_blocked(jaxpr) -> bool:
     """Whether a function's (closed) jaxpr calls a custom_vjp function, through which
     ``jax.jvp`` cannot go."""

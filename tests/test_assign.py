@@ -22,6 +22,7 @@ from jax import lax
 
 import ntkc
 from ntkc import _auto, pipeline
+import ntkc.rules
 from ntkc._api import estimate_methods
 from ntkc.passes import assign
 from ntkc.passes.assign import LinearMap, OutputShape, Request
@@ -64,7 +65,8 @@ def test_conv_uses_carry_the_weight_gradient_correction():
     lin = LinearMap.from_analysis(analysis)
     conv = int(np.flatnonzero(lin.uses[0])[0])
     assert lin.flops[conv] == 2 * 5 * 5 * 4 * 9 * 2
-    assert lin.slow[conv] == (assign.CONV_WEIGHT_GRADIENT_FACTOR - 1) * lin.flops[conv]
+    factor = ntkc.rules.per_example_gradient_factor(jax.lax.conv_general_dilated_p)
+    assert factor == 3.0 and lin.slow[conv] == (factor - 1) * lin.flops[conv]
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ side's passes are shared where the method shares them (jacobian, structured).
 FLOPs are not time. Two measured corrections (bench/RESULTS.md, 2-core CPU and H100):
 per-example weight gradients of a convolution, which the jacobian method gets from ``vmap`` of
 reverse mode, run as grouped convolutions at a fraction of a matmul's rate
-(:data:`CONV_WEIGHT_GRADIENT_FACTOR`), where the structured method contracts the same numbers as
+(``ntkc.rules.per_example_gradient_factor``, registered with the conv rule), where the structured method contracts the same numbers as
 matmuls; and another method replaces structured only when clearly cheaper
 (:data:`SWITCH_MARGIN`): its einsums are counted exactly, the others' autodiff programs only
 estimated.
@@ -39,6 +39,7 @@ import numpy as np
 
 from ntkc._compat import Literal
 from ntkc.passes.cost import eqn_flops
+from ntkc.rules import per_example_gradient_factor
 
 METHODS = ("structured", "jacobian", "ntvp")
 
@@ -47,9 +48,6 @@ METHODS = ("structured", "jacobian", "ntvp")
 MIXING_MARGIN = 0.9
 # jacobian or ntvp replaces structured only below this fraction of its estimate.
 SWITCH_MARGIN = 0.8
-# Per-example convolution weight gradients by vmap(jacrev): grouped convolutions, measured
-# 2.5-4x slower than the same FLOPs as matmuls (CNN and WideResNet, CPU and H100).
-CONV_WEIGHT_GRADIENT_FACTOR = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +96,8 @@ class LinearMap:
             if use.eqn_index is not None:
                 j = column[use.eqn_index]
                 uses[use.chain.leaf, j] = True
-                if use.primitive == "conv_general_dilated":
-                    slow[j] = (CONV_WEIGHT_GRADIENT_FACTOR - 1) * cost[j]
+                primitive = analysis.traced.jaxpr.jaxpr.eqns[use.eqn_index].primitive
+                slow[j] = (per_example_gradient_factor(primitive) - 1) * cost[j]
         return cls(cost, reach, uses, slow)
 
     @classmethod

@@ -15,10 +15,9 @@ bodies, so loops inside them are not looked at.
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
-from ntkc._compat import Literal, inlinable_jaxpr, source_line, sub_jaxprs
-
-_CUSTOM = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jvp_call"})
+from ntkc._compat import Literal, custom_derivative, inlinable_jaxpr, source_line, sub_jaxprs
 # Methods that need reverse mode through every loop whose carry depends on the parameters.
 THROUGH_EVERY_LOOP = ("jacobian", "ntvp")
 
@@ -38,10 +37,9 @@ def _raw(jaxpr):
 def _eqn(eqn, ins: list[bool], found: list) -> list[bool]:
     """Records the blocking loops of one equation given which inputs depend on the parameters;
     returns which outputs do."""
-    name = eqn.primitive.name
-    if not any(ins) or name in _CUSTOM:
+    if not any(ins) or custom_derivative(eqn):
         return [any(ins)] * len(eqn.outvars)
-    if name == "while":
+    if eqn.primitive is lax.while_p:
         carried = ins[eqn.params["cond_nconsts"]:]  # body constants and carry
         if any(carried):
             found.append(eqn)
@@ -50,12 +48,12 @@ def _eqn(eqn, ins: list[bool], found: list) -> list[bool]:
     sub = inlinable_jaxpr(eqn)
     if sub is not None:
         return _jaxpr(sub[0], ins, found)
-    if name == "cond":  # operand 0 is the branch index
+    if eqn.primitive is lax.cond_p:  # operand 0 is the branch index
         outs = [False] * len(eqn.outvars)
         for branch in eqn.params["branches"]:
             outs = [a or b for a, b in zip(outs, _jaxpr(_raw(branch), ins[1:], found))]
         return outs
-    if name == "scan":  # (consts, carry, xs) -> (carry, ys): the carry's dependence to a fixed point
+    if eqn.primitive is lax.scan_p:  # (consts, carry, xs) -> (carry, ys): the carry's dependence to a fixed point
         c0, nc = eqn.params["num_consts"], eqn.params["num_carry"]
         body, ins = _raw(eqn.params["jaxpr"]), list(ins)
         while True:

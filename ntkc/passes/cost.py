@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Sequence
 from jax.extend import core as jex_core
 
 from ntkc._compat import sub_jaxprs
+from ntkc.rules import flops_rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,18 +86,10 @@ def eqn_flops(eqn) -> float:
     subs = sub_jaxprs(eqn)
     if subs:
         return eqn.params.get("length", 1) * sum(jaxpr_flops(s) for s in subs)
-    name = eqn.primitive.name
-    out = sum(math.prod(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
-    if name == "dot_general":
-        (contract, _), _ = eqn.params["dimension_numbers"]
-        lhs = eqn.invars[0].aval.shape
-        return 2 * out * math.prod(lhs[d] for d in contract)
-    if name == "conv_general_dilated":
-        rhs = eqn.invars[1].aval.shape
-        dn = eqn.params["dimension_numbers"]
-        window = math.prod(rhs[d] for d in dn.rhs_spec[2:])
-        return 2 * out * window * rhs[dn.rhs_spec[1]]
-    return out
+    rule = flops_rule(eqn.primitive)
+    if rule is not None:
+        return rule(eqn)
+    return sum(math.prod(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
 
 
 def jaxpr_flops(jaxpr) -> float:

@@ -14,13 +14,9 @@ import dataclasses
 
 from ntkc._compat import Literal
 from ntkc.ir import Chain, Use
+from ntkc.rules import is_chain
 from ntkc.trace import Traced
 
-# Bijections on the entries of their one operand: ⟨S a, S b⟩ = ⟨a, b⟩, so the NTK can be
-# contracted on the op's output as well as on the leaf.
-CHAIN_PRIMITIVES = frozenset(
-    {"transpose", "reshape", "convert_element_type", "copy", "squeeze", "reduce_precision"}
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +62,7 @@ def find_uses(traced: Traced) -> Analysis:
         tangent_vars.update(eqn.outvars)
         chained = [i for i, v in enumerate(eqn.invars) if not isinstance(v, Literal) and v in chains]
         if (
-            eqn.primitive.name in CHAIN_PRIMITIVES
+            is_chain(eqn.primitive)  # a bijection (see ntkc.rules.registry.register_chain)
             and chained == [0]
             and len(eqn.outvars) == 1
             and _is_float(eqn.outvars[0])

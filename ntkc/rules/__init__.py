@@ -1,6 +1,8 @@
 """The rule table, filled at import by one module per family."""
 
 from ntkc.rules import elementwise, linear, structural  # noqa: F401  (registration)
-from ntkc.rules.registry import Rule, dense_forms, lookup, register, registered, unregister
+from ntkc.rules.registry import (Rule, dense_forms, flops_rule, is_chain, lookup,
+                                 per_example_gradient_factor, register, registered, unregister)
 
-__all__ = ["Rule", "dense_forms", "lookup", "register", "registered", "unregister"]
+__all__ = ["Rule", "dense_forms", "flops_rule", "is_chain", "lookup",
+           "per_example_gradient_factor", "register", "registered", "unregister"]

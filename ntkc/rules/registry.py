@@ -167,6 +167,52 @@ def lookup(primitive) -> Rule | None:
     return _RULES.get(primitive)
 
 
+# Facts about primitives that passes need besides their structured rule, registered next to it
+# (one table each, keyed by the primitive object): FLOP counts and bijections ("chains").
+_FLOPS: dict[Any, Callable] = {}
+_CHAINS: set = set()
+
+
+def register_flops(*primitives):
+    """Decorator: ``fn(eqn) -> FLOPs`` of an equation of these primitives (the default, one per
+    output element, is ``ntkc.passes.cost.eqn_flops``'s)."""
+
+    def decorate(fn):
+        for p in primitives:
+            _FLOPS[p] = fn
+        return fn
+
+    return decorate
+
+
+def flops_rule(primitive) -> Callable | None:
+    return _FLOPS.get(primitive)
+
+
+_PER_EXAMPLE_GRADIENT_FACTOR: dict[Any, float] = {}
+
+
+def register_per_example_gradient_factor(primitive, factor: float) -> None:
+    """Per-example parameter gradients of ``primitive`` by ``vmap`` of reverse mode (the
+    jacobian method's) run ``factor`` times slower than the same FLOPs as matmuls (measured)."""
+    _PER_EXAMPLE_GRADIENT_FACTOR[primitive] = float(factor)
+
+
+def per_example_gradient_factor(primitive) -> float:
+    return _PER_EXAMPLE_GRADIENT_FACTOR.get(primitive, 1.0)
+
+
+def register_chain(*primitives) -> None:
+    """Bijections on the entries of their one operand (``⟨S a, S b⟩ = ⟨a, b⟩``): applied to a
+    parameter value alone they are folded into its chain, and the NTK can be contracted on the
+    op's output as well as on the leaf."""
+    _CHAINS.update(p for p in primitives if p is not None)
+
+
+def is_chain(primitive) -> bool:
+    return primitive in _CHAINS
+
+
 def registered() -> dict:
     """A copy of the rule table."""
     return dict(_RULES)

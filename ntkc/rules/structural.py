@@ -11,7 +11,12 @@ import numpy as np
 from jax import lax
 
 from ntkc.ir import Form, OneHot
-from ntkc.rules.registry import register
+from ntkc.rules.registry import register, register_chain
+
+
+# Bijections on the entries of their one operand: folded into a parameter's chain.
+register_chain(lax.transpose_p, lax.reshape_p, lax.convert_element_type_p, lax.copy_p,
+               lax.squeeze_p, lax.reduce_precision_p)
 
 
 @register(lax.broadcast_in_dim_p, "identity on kept axes, broadcast on new ones")
