@@ -126,28 +126,55 @@ class Problem:
         x, kw = (self.x1, self.kwargs1) if side == 1 else (self.x2, self.kwargs2)
         return jax.tree_util.tree_flatten((x, kw))
 
-    def batched_inputs(self, side: int) -> tuple[list, list[int]]:
-        """The batched leaves of ``(x, kwargs)`` of one side and their batch axes, for ``vmap``."""
-        leaves, _ = self.input_leaves(side)
-        pairs = [(l, ax) for l, ax in zip(leaves, self.batching.inputs) if ax is not None]
-        return [l for l, _ in pairs], [ax for _, ax in pairs]
-
-    def example_fn(self, side: int) -> Callable:
-        """``(params, batched leaves of one example) -> flat output leaves`` without batch axes.
-
-        Unbatched leaves are closed over; ``f`` itself sees a batch of one, as in neural-tangents.
-        """
+    def side_fn(self, side: int):
+        """``(fn, arrays, axes)``: ``fn(params, arrays) -> f's output leaves`` on one side, with
+        every array leaf of ``(x, kwargs)`` an argument (the other leaves closed over), so that
+        one trace of ``fn`` holds for both sides. Under ``vmap_axes`` ``fn`` is per example: a
+        batched array comes without its batch axis (``f`` sees a batch of one, as in
+        neural-tangents) and the outputs lose theirs; ``axes`` gives each array's batch axis or
+        None (None as a whole without ``vmap_axes``)."""
         leaves, treedef = self.input_leaves(side)
+        index = [i for i, l in enumerate(leaves) if _is_array(l)]
         batching = self.batching
+        axes = None if batching is None else [batching.inputs[i] for i in index]
 
-        def fn(params, batched):
-            it = iter(batched)
-            full = [
-                leaf if ax is None else jnp.expand_dims(next(it), ax)
-                for leaf, ax in zip(leaves, batching.inputs)
-            ]
+        def fn(params, arrays):
+            full = list(leaves)
+            for k, (i, a) in enumerate(zip(index, arrays)):
+                full[i] = a if axes is None or axes[k] is None else jnp.expand_dims(a, axes[k])
             x, kw = jax.tree_util.tree_unflatten(treedef, full)
             outs = jax.tree_util.tree_leaves(self.f(params, x, **kw))
+            if batching is None:
+                return outs
             return [jnp.squeeze(o, ax) for o, ax in zip(outs, batching.outputs)]
 
-        return fn
+        return fn, [jnp.asarray(leaves[i]) for i in index], axes
+
+    def same_closure(self) -> bool:
+        """Whether the two sides close over the same non-array leaves (static keyword
+        arguments), so that one side's trace of :meth:`side_fn` holds for the other."""
+        statics = [[l for l in self.input_leaves(s)[0] if not _is_array(l)] for s in (1, 2)]
+        try:
+            return bool(statics[0] == statics[1])
+        except Exception:  # leaves whose equality is not a bool
+            return False
+
+    def batched_inputs(self, side: int) -> tuple[list, list[int]]:
+        """The batched array leaves of ``(x, kwargs)`` of one side and their batch axes."""
+        _, arrays, axes = self.side_fn(side)
+        return [a for a, ax in zip(arrays, axes) if ax is not None], [ax for ax in axes if ax is not None]
+
+    def example_fn(self, side: int) -> Callable:
+        """``(params, batched leaves of one example) -> flat output leaves`` without batch axes
+        (:meth:`side_fn` with the unbatched arrays closed over)."""
+        fn, arrays, axes = self.side_fn(side)
+
+        def example(params, batched):
+            it = iter(batched)
+            return fn(params, [a if ax is None else next(it) for a, ax in zip(arrays, axes)])
+
+        return example
+
+
+def _is_array(leaf) -> bool:
+    return hasattr(leaf, "shape") and hasattr(leaf, "dtype")

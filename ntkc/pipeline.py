@@ -17,44 +17,6 @@ from ntkc.passes.uses import Analysis, find_uses
 from ntkc.trace import Traced, check_real_tangents, trace_linear
 
 
-def _is_array(leaf) -> bool:
-    return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
-
-
-def _side_function(prob: Problem, side: int):
-    """``(fn(params, inputs) -> output leaves, inputs, input batch axes or None)``.
-
-    Every array leaf of ``(x, kwargs)`` is an input of ``fn``, batched or not, so that the
-    analysis of one side holds for the other (an unbatched input of x1, closed over as a
-    constant, would be x1's in x2's kernel too); under ``vmap_axes``, ``fn`` is per example."""
-    leaves, treedef = prob.input_leaves(side)
-    arrays = [i for i, l in enumerate(leaves) if _is_array(l)]
-    batching = prob.batching
-    axes = None if batching is None else [batching.inputs[i] for i in arrays]
-
-    def fn(params, inputs):
-        full = list(leaves)
-        for k, (i, a) in enumerate(zip(arrays, inputs)):
-            full[i] = a if axes is None or axes[k] is None else jnp.expand_dims(a, axes[k])
-        x, kw = jax.tree.unflatten(treedef, full)
-        outs = jax.tree.leaves(prob.f(params, x, **kw))
-        if batching is None:
-            return outs
-        return [jnp.squeeze(o, ax) for o, ax in zip(outs, batching.outputs)]
-
-    return fn, [jnp.asarray(leaves[i]) for i in arrays], axes
-
-
-def _same_closure(prob: Problem) -> bool:
-    """Whether the two sides close over the same non-array leaves (static keyword arguments),
-    so that one side's analysis holds for the other."""
-    statics = [[l for l in prob.input_leaves(s)[0] if not _is_array(l)] for s in (1, 2)]
-    try:
-        return bool(statics[0] == statics[1])
-    except Exception:  # leaves whose equality is not a bool
-        return False
-
-
 def analyze(fn, params, inputs, axes) -> Analysis:
     """trace -> inline -> uses, on one example (under vmap_axes) or the whole batch."""
     if axes is not None:
@@ -93,7 +55,7 @@ def side(prob: Problem, no: int, like: Side | None = None) -> Side:
     ``like``: another side whose analysis is reused when it applies (per-example analyses, or
     inputs of the same shapes), which saves a second trace.
     """
-    fn, inputs, axes = _side_function(prob, no)
+    fn, inputs, axes = prob.side_fn(no)
     if like is not None and _same_shapes(like.analysis, inputs, axes):
         analysis = like.analysis
     else:
@@ -122,5 +84,5 @@ def combine(config: Config, n_params: int, side1: Side, side2: Side) -> list:
 def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list) by structured derivatives."""
     side1 = side(prob, 1)
-    side2 = side1 if prob.same_inputs else side(prob, 2, like=side1 if _same_closure(prob) else None)
+    side2 = side1 if prob.same_inputs else side(prob, 2, like=side1 if prob.same_closure() else None)
     return combine(prob.config, len(jax.tree.leaves(prob.params)), side1, side2)
