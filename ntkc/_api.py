@@ -187,6 +187,8 @@ class KernelFunction:
         )
         if not isinstance(method, str):
             config = per_leaf_methods(config, method, params)
+        if method == "structured" and self.memory_limit is None:
+            self._check_device_memory(config, x1, x2, params, kwargs1, kwargs2, jaxpr1, jaxpr2)
         if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
@@ -206,6 +208,25 @@ class KernelFunction:
                     raise _split.NoFit(config, f"method {config.method!r} needs about "
                                        f"{peak:.3g} bytes for the whole batch")
         return config
+
+    def _check_device_memory(self, config, x1, x2, params, kwargs1, kwargs2, jaxpr1, jaxpr2):
+        """Without ``memory_limit``, the structured program whose estimated working set exceeds
+        the device's memory (a dense fallback through a big loop can ask for terabytes) is
+        refused with the estimate, before XLA is asked for the memory."""
+        available = _compat.device_memory_bytes()
+        if not available:
+            return
+        args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
+                split_static(kwargs2, "kwargs")[0])
+        req = self._request(config, args, jaxprs=(jaxpr1, jaxpr2))
+        peak = req.peak(("structured",) * len(req.leaf_sizes))
+        if peak > available:
+            raise PathMemoryError(
+                f"method='structured' needs about {peak / 2**30:.3g} GiB for these inputs "
+                f"(estimated), more than the {available / 2**30:.3g} GiB of "
+                f"{jax.devices()[0].device_kind}; dense fallbacks of primitives without a rule "
+                "are the usual cause (ntkc.plan lists them as 'dense' rows). Pass memory_limit= "
+                "to compute the kernel in blocks that fit, or use method='auto' or 'jacobian'")
 
     @staticmethod
     def _parse(x1, x2, kwargs):

@@ -188,3 +188,23 @@ def source_line(eqn) -> str:
         return source_info_util.summarize(eqn.source_info)
     except Exception:  # an equation without source information, or a JAX without the helper
         return ""
+
+
+def device_memory_bytes() -> int | None:
+    """Memory of the default device: its allocator's limit (GPU, TPU), or the host's physical
+    memory for a CPU; None when unknown."""
+    import os
+
+    device = jax.devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # a backend without memory statistics
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None

@@ -97,3 +97,17 @@ def jaxpr_flops(jaxpr) -> float:
     if isinstance(jaxpr, jex_core.ClosedJaxpr):
         jaxpr = jaxpr.jaxpr
     return sum(eqn_flops(e) for e in jaxpr.eqns)
+
+
+def eqn_values(eqn) -> float:
+    """Entries of the values one equation computes: its outputs, and its sub-jaxprs' values (a
+    scan's body times its length), the working set of differentiating it densely."""
+    inner = sum(jaxpr_values(sub) for sub in sub_jaxprs(eqn)) * eqn.params.get("length", 1)
+    return inner + sum(math.prod(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
+
+
+def jaxpr_values(jaxpr) -> float:
+    """Entries of all the values a (closed) jaxpr computes (:func:`eqn_values` summed)."""
+    if isinstance(jaxpr, jex_core.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    return sum(eqn_values(e) for e in jaxpr.eqns)
