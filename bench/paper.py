@@ -135,7 +135,8 @@ def floor(n1: int, n2: int, cotangent_flops, terms_flops) -> dict:
     example of each side, and the O cotangents of each example pulled back to every use of a
     parameter, for x1 and, when x2 is given, x2; 2 FLOPs per multiply-add; the first layer's
     input gradient is not counted, the NTK does not need it), plus the cheapest contraction
-    order of each structured term the cost model found (``plan.terms``' costs).
+    order of each structured term the cost model found (the structured estimate less the
+    passes: ``plan.terms``' costs, with x2=None's symmetric terms counted once).
 
     XLA's own counts of a forward pass and of a VJP per example are reported beside it
     (``pass_*_flops``) to show what one VJP costs in forward passes."""
@@ -170,7 +171,8 @@ def _estimate_flops(req, config):
     return costs.get("mixed" if config.leaf_methods else config.method)
 
 
-def run_method(f, params, x1, x2, trace, method, limit, repeats, max_run_s, rate) -> tuple:
+def run_method(f, params, x1, x2, trace, method, limit, repeats, max_run_s, rate,
+               plan_only=False) -> tuple:
     """One method on one variant: ``(row, kernel or None)``."""
     import jax
     import numpy as np
@@ -199,6 +201,9 @@ def run_method(f, params, x1, x2, trace, method, limit, repeats, max_run_s, rate
     if plan is not None:
         row["plan_terms_flops"] = float(sum(t.cost.flops for t in plan.terms))
         row["plan_cotangent_flops"] = float(plan.cotangents.flops)
+    if plan_only:
+        row["status"] = "planned"
+        return row, None
     if est_flops is not None and est_flops / (0.25 * rate) > max_run_s:
         row.update(status=f"not run: estimated {est_flops / 1e12:.3g} TFLOP, about "
                           f"{est_flops / (0.25 * rate) / 60:.0f} min at a quarter of the "
@@ -235,7 +240,7 @@ def run_method(f, params, x1, x2, trace, method, limit, repeats, max_run_s, rate
 
 
 def run_case(name, model, kwargs, variants, methods, limit, repeats, max_run_s, rates_,
-             log=print) -> list[dict]:
+             log=print, plan_only=False) -> list[dict]:
     """Every variant and method of one case, in this process."""
     import jax
 
@@ -245,12 +250,12 @@ def run_case(name, model, kwargs, variants, methods, limit, repeats, max_run_s, 
     f, params, x1, x2 = paper_models.MODELS[model](**kwargs)
     build_s = time.perf_counter() - start
     n_params = sum(leaf.size for leaf in jax.tree.leaves(params))
-    passes = pass_flops(f, params, x1)
+    passes = {} if plan_only else pass_flops(f, params, x1)
     conv = model != "fcn" and model != "vit_s16"
     rate = (rates_["conv_gflops"] if conv else rates_["matmul_gflops"]) * 1e9
-    log(f"\n{name}: {model} {kwargs}, P={n_params:,}, forward {passes['forward'] / 1e9:.3g} "
-        f"GFLOP/example, VJP(input) {passes['vjp_input'] / 1e9:.3g}, VJP(params) "
-        f"{passes['vjp_params'] / 1e9:.3g} (model built in {build_s:.0f} s)")
+    log(f"\n{name}: {model} {kwargs}, P={n_params:,}, " + ", ".join(
+        f"{k} {v / 1e9:.3g} GFLOP/example" for k, v in passes.items())
+        + f" (model built in {build_s:.0f} s)")
     rows = []
     for given, trace in variants:
         other = x2 if given else None
@@ -259,10 +264,13 @@ def run_case(name, model, kwargs, variants, methods, limit, repeats, max_run_s, 
         thetas = {}
         for method in methods:
             row, theta = run_method(f, params, x1, other, trace, method, limit, repeats,
-                                    max_run_s, rate)
-            if method == "structured" and not row.get("split"):
-                terms_flops = row.get("plan_terms_flops")
-                cotangent_flops = row.get("plan_cotangent_flops")
+                                    max_run_s, rate, plan_only)
+            if method == "structured" and row.get("estimate_flops") and row.get(
+                    "plan_cotangent_flops") and not row.get("split"):
+                # the terms as the cost model totals them (x2=None: symmetric terms halved);
+                # plan.terms' costs are for two different sides
+                cotangent_flops = row["plan_cotangent_flops"]
+                terms_flops = row["estimate_flops"] - cotangent_flops
             row.update(case=name, model=model, params=n_params, n=kwargs["n"],
                        outputs=kwargs["outputs"], width=kwargs.get("width"),
                        x2="given" if given else "None", trace_axes=list(trace), **{
@@ -291,7 +299,7 @@ def run_case(name, model, kwargs, variants, methods, limit, repeats, max_run_s, 
 # ----------------------------------------------------------------------------- tables
 
 COLUMNS = ["case", "x2", "trace", "method", "plan / status", "compile s", "median s",
-           "XLA GFLOP", "floor GFLOP", "XLA / floor", "GFLOP/s", "% matmul", "% conv",
+           "est. GFLOP", "XLA GFLOP", "floor GFLOP", "XLA / floor", "GFLOP/s", "% matmul", "% conv",
            "XLA peak MiB", "est. MiB", "RSS MiB", "rel err"]
 
 
@@ -301,14 +309,12 @@ def _f(v, spec):
 
 def cells(row) -> list[str]:
     status = row.get("status", "")
-    plan = row.get("plan", "") if status == "ran" else status
-    if status == "ran" and row.get("plan") != row.get("method"):
-        plan = row.get("plan", "")
+    plan = row.get("plan", "") if status in ("ran", "planned") else status
     g = lambda k: None if row.get(k) is None else row[k] / 1e9  # noqa: E731
     mib = lambda k: None if row.get(k) is None else row[k] / 2**20  # noqa: E731
     return [row["case"], row["x2"], str(tuple(row["trace_axes"])), row["method"], plan,
             _f(row.get("compile_s"), ".1f"), _f(row.get("run_s_median"), ".3g"),
-            _f(g("xla_flops"), ".4g"), _f(g("floor_flops"), ".4g"),
+            _f(g("estimate_flops"), ".4g"), _f(g("xla_flops"), ".4g"), _f(g("floor_flops"), ".4g"),
             _f(row.get("xla_over_floor"), ".2f"), _f(row.get("gflops"), ".1f"),
             _f(row.get("percent_matmul"), ".0f"), _f(row.get("percent_conv"), ".0f"),
             _f(mib("xla_peak_bytes"), ".0f"), _f(mib("estimate_bytes"), ".0f"),
@@ -317,6 +323,37 @@ def cells(row) -> list[str]:
 
 def line(row) -> str:
     return " | ".join(cells(row))
+
+
+def _short(row) -> str:
+    """One method's cell of the compact table: what ran (plan, median seconds) or why not."""
+    status = row.get("status", "")
+    if status not in ("ran", "planned"):
+        return status.split(":")[0] + (": " + status.split(": ", 1)[1].split(",")[0]
+                                       if status.startswith("does not fit") else "")
+    text = row.get("plan", "")
+    text = text.replace(" of the ", "/").replace(" outputs along output axis ", " out. ax ")
+    if row.get("estimate_flops") is not None:
+        text += f", {row['estimate_flops'] / 1e9:.4g} GFLOP est."
+    if status == "ran":
+        text += f", **{row['run_s_median']:.3g} s**"
+    return text
+
+
+def compact(report) -> str:
+    """A row per case and variant, a column per method (markdown)."""
+    methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
+    out = ["| case (P) | x2 | trace | " + " | ".join(methods) + " |",
+           "|" + "---|" * (3 + len(methods))]
+    groups = {}
+    for r in report["rows"]:
+        groups.setdefault((r["case"], r["x2"], tuple(r["trace_axes"])), {})[r["method"]] = r
+    for (case, x2, trace), by_method in groups.items():
+        params = next(iter(by_method.values()))["params"]
+        out.append(f"| {case} ({params / 1e6:.3g}M) | {x2} | {trace} | " + " | ".join(
+            _short(by_method[m]).replace("|", "/") if m in by_method else "-" for m in methods)
+            + " |")
+    return "\n".join(out) + "\n"
 
 
 def markdown(report) -> str:
@@ -332,7 +369,7 @@ def markdown(report) -> str:
             for r in report["rows"]]
     for name, err in report.get("failed_cases", {}).items():
         out.append(f"\n{name}: failed: {err}")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n\n" + compact(report)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -378,6 +415,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--n", type=int, default=None, help="examples, for every chosen case")
     ap.add_argument("--outputs", type=int, default=None, help="outputs O, for every chosen case")
     ap.add_argument("--width", type=int, default=None, help="the FCN's width (FCN cases only)")
+    ap.add_argument("--plan-only", action="store_true",
+                    help="plan every case (estimates, splits, what does not fit), run nothing")
     ap.add_argument("--inline", action="store_true",
                     help="run the cases in this process (no child processes, no per-case RSS)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case child (default: 3600)")
@@ -415,7 +454,7 @@ def main(argv=None) -> int:
         model, kwargs = _case_kwargs(args.child, args)
         rows = run_case(args.child, model, kwargs, _variants(args.child, args), methods, limit,
                         max(args.repeats, 1), args.max_run_s, json.loads(args.rates),
-                        log=lambda s: print(s, flush=True))
+                        log=lambda s: print(s, flush=True), plan_only=args.plan_only)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for row in rows:
             row["case_rss_mib"] = rss
@@ -427,7 +466,9 @@ def main(argv=None) -> int:
 
     names = (_check_list(args.cases, list(CASES), "cases") if args.cases
              else [n for n, _ in QUICK] if args.quick else list(CASES))
-    rates_ = json.loads(args.rates) if args.rates else rates()
+    rates_ = (json.loads(args.rates) if args.rates else
+              {"matmul_gflops": float("nan"), "conv_gflops": float("nan")} if args.plan_only
+              else rates())
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "jax": jax.__version__, "ntkc": ntkc.__version__,
               "device": jax.devices()[0].device_kind, "machine": platform.machine(),
@@ -439,7 +480,7 @@ def main(argv=None) -> int:
     print(" | ".join(COLUMNS), flush=True)
     path = pathlib.Path(args.json) if args.json else (
         ROOT / "bench" / "results" /
-        f"paper-{'quick-' if args.quick else ''}{report['date'][:16].replace(':', '')}.json")
+        f"paper-{'plan-' if args.plan_only else ''}{'quick-' if args.quick else ''}{report['date'][:16].replace(':', '')}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         model, kwargs = _case_kwargs(name, args)
@@ -448,7 +489,8 @@ def main(argv=None) -> int:
             continue
         if args.inline:
             report["rows"] += run_case(name, model, kwargs, variants, methods, limit,
-                                       max(args.repeats, 1), args.max_run_s, rates_)
+                                       max(args.repeats, 1), args.max_run_s, rates_,
+                                       plan_only=args.plan_only)
         else:
             out = pathlib.Path(tempfile.mkdtemp(prefix="ntkc-paper-")) / "rows.json"
             child = [a for a in (argv if argv is not None else sys.argv[1:])

@@ -126,6 +126,10 @@ def parser():
                     help="outputs whose block is checked against the jacobian method (default: 16)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per child (default: 3600)")
     ap.add_argument("--steps", default="run,check,memory", help="children to run (default: all)")
+    ap.add_argument("--workdir", default=None,
+                    help="where the children leave the kernel and their results (default: a new "
+                         "temporary folder); steps already done there (a <step>.json) are read, "
+                         "not rerun")
     ap.add_argument("--json", default=None, help="default: bench/results/paper-stream-<method>.json")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--kernel", default=None, help=argparse.SUPPRESS)
@@ -143,12 +147,16 @@ def main(argv=None) -> int:
     path = pathlib.Path(args.json) if args.json else (
         ROOT / "bench" / "results" / f"paper-stream-{args.method}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="ntkc-stream-"))
+    tmp = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="ntkc-stream-"))
     kernel = tmp / "kernel.npy"
     report = {"model": "Flax ResNet-18, 224x224x3, N=1, x2=None, trace_axes=()",
               "outputs": args.outputs, "method": args.method, "memory_limit_gib": args.limit_gib}
     for step in args.steps.split(","):
         out = tmp / f"{step}.json"
+        if out.exists():  # done by an earlier invocation with this --workdir
+            report[step] = {"rc": 0, "from_workdir": True, **json.loads(out.read_text())}
+            print(step, "(done earlier)", json.dumps(report[step], indent=1), flush=True)
+            continue
         cmd = [sys.executable, "-m", "bench.paper_stream", "--child", step, "--kernel", str(kernel),
                "--out", str(out), "--method", args.method, "--limit-gib", str(args.limit_gib),
                "--outputs", str(args.outputs), "--check", str(args.check)]
