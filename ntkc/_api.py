@@ -127,7 +127,8 @@ class KernelFunction:
     """
 
     def __init__(self, f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, method="auto",
-                 strict=False, memory_limit=None, by_param=False, _split_outputs=True):
+                 strict=False, memory_limit=None, by_param=False, _split_outputs=True,
+                 _check_memory=True):
         check_method(method)
         if not callable(f):
             raise TypeError(f"f must be callable, got {f!r}")
@@ -140,6 +141,7 @@ class KernelFunction:
         self._configs: dict[Any, Config] = {}
         self._records: dict[Any, list | None] = {}
         self._split_outputs = _split_outputs  # False for the kernel of one chunk of outputs
+        self._check_memory = _check_memory  # False where only the configuration is wanted
         self._chunk_fns: dict[tuple[int, int], KernelFunction] = {}
         self.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
 
@@ -187,7 +189,7 @@ class KernelFunction:
         )
         if not isinstance(method, str):
             config = per_leaf_methods(config, method, params)
-        if method == "structured" and self.memory_limit is None:
+        if method == "structured" and self.memory_limit is None and self._check_memory:
             self._check_device_memory(config, x1, x2, params, kwargs1, kwargs2, jaxpr1, jaxpr2)
         if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
@@ -462,8 +464,8 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
         x1, kwargs = _split.take(x1, kwargs, axes, 0, size)
         chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
         blocks = f" in blocks of {chosen.batching.size1} examples"
-    config, args = KernelFunction(f, method="structured", **options).prepare(
-        x1, x2, params, **kwargs)
+    config, args = KernelFunction(f, method="structured", _check_memory=False,
+                                  **options).prepare(x1, x2, params, **kwargs)
     config = dataclasses.replace(config, memory_limit=memory_limit)
     records = kfn._structured_records(config, args, warn=False)
     if records is None:  # raise the structured method's own error
@@ -476,9 +478,12 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     leaf_names = [jax.tree_util.keystr(p) or "params"
                   for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     leaf_methods = chosen.leaf_methods or (chosen.method,) * len(leaf_names)
+    fallbacks = _auto.dense_fallbacks(records, (req.examples1, req.examples2), config.x2_is_x1,
+                                      req.itemsize)
     return _plan.build_plan(records, _auto.cotangent_cost(req), chosen.method + blocks + chunks,
                             [a.kernel_shape for a in config.axes], output_names, leaf_names,
-                            dict(zip(leaf_names, leaf_methods)), _auto.method_costs(req))
+                            dict(zip(leaf_names, leaf_methods)), _auto.method_costs(req),
+                            fallbacks)
 
 
 def empirical_ntk_fn(

@@ -14,7 +14,9 @@ import jax
 
 from ntkc import _plan
 from ntkc._args import leaf_dtype
+from ntkc import _compat
 from ntkc._problem import Config
+from ntkc.ir import Fallback
 from ntkc.passes import capability
 from ntkc.passes.assign import LinearMap, OutputShape, Request, assign
 from ntkc.passes.cost import Cost, eqn_flops, eqn_values, jaxpr_flops
@@ -47,27 +49,23 @@ def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
     leaf_sizes = tuple(math.prod(jax.numpy.shape(l)) for l in jax.tree.leaves(params))
     analyses = [r["analysis"] for r in records or () if r.get("kind") == "analysis"]
     terms = None
+    itemsize = max(leaf_dtype(l).itemsize for l in jax.tree.leaves(params))
+    structured_bytes = None
     if records is not None:
         terms = [0.0] * len(leaf_sizes)
-        dense = set()
         for r in records:
             if r.get("kind") == "term":
                 flops = r["path"].cost.flops
                 if config.x2_is_x1:
                     flops -= _repeated_side_flops(r)
                 terms[r["param_leaf"]] += flops
-                for side, (u, structure) in enumerate(zip(r["uses"], r["structure"])):
-                    if structure == "dense":  # x2 = x1: one dense rule serves both sides
-                        dense.add((r["param_leaf"], u, 0 if config.x2_is_x1 else side))
-        for leaf, u, side in dense:
-            terms[leaf] += (n1 if side == 0 else n2) * _dense_rule_flops(analyses[0], u)
+        dense = dense_fallbacks(records, (n1, n2), config.x2_is_x1, itemsize)
+        for d in dense:
+            terms[d.leaf] += d.flops
         terms = tuple(terms)
-    itemsize = max(leaf_dtype(l).itemsize for l in jax.tree.leaves(params))
-    structured_bytes = None
-    if records is not None:  # the operands and steps, and the largest dense rule's temporaries
-        structured_bytes = _structured_bytes(records, itemsize, config.x2_is_x1) + max(
-            [_dense_rule_values(analyses[0], u, n1 if side == 0 else n2) * itemsize
-             for _, u, side in dense], default=0.0)
+        # the operands and steps, and the largest dense rule's temporaries
+        structured_bytes = (_structured_bytes(records, itemsize, config.x2_is_x1)
+                            + max((d.bytes for d in dense), default=0.0))
     linear = (LinearMap.from_analysis(analyses[0]) if analyses
               else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1))
     return Request(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
@@ -105,6 +103,28 @@ def _structured_bytes(records, itemsize, same_inputs) -> float:
                        position - first)
                 operands[key] = math.prod(r["sizes"][l] for l in labels) * itemsize
     return sum(operands.values()) + step
+
+
+def dense_fallbacks(records, sizes, same_inputs: bool, itemsize: int) -> list[Fallback]:
+    """The uses that take the dense rule in the structured plan, each with its cost for its
+    side's examples (``sizes``: the two sides' numbers of examples; x2 = x1: one dense rule
+    serves both sides)."""
+    analyses = [r["analysis"] for r in records if r.get("kind") == "analysis"]
+    found = {}
+    for r in records:
+        if r.get("kind") != "term":
+            continue
+        for side, (u, structure) in enumerate(zip(r["uses"], r["structure"])):
+            if structure == "dense":
+                found[(u, 0 if same_inputs else side)] = r["param_leaf"]
+    out = []
+    for (u, side), leaf in found.items():
+        eqn = analyses[0].traced.jaxpr.jaxpr.eqns[analyses[0].uses[u].eqn_index]
+        n = sizes[side]
+        out.append(Fallback(leaf, eqn.primitive.name, _compat.source_line(eqn), side + 1,
+                            n * _dense_rule_flops(analyses[0], u),
+                            _dense_rule_values(analyses[0], u, n) * itemsize))
+    return out
 
 
 def _dense_rule_flops(analysis, u) -> float:

@@ -6,6 +6,8 @@ compilation) while ``ntkc.passes.network`` records every contraction it emits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import math
 import string
@@ -55,7 +57,7 @@ def _path_str(tree) -> str:
 
 
 def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_names, leaf_names,
-               leaf_methods: dict, method_costs: dict):
+               leaf_methods: dict, method_costs: dict, fallbacks=()):
     terms = []
     for r in records:
         if r.get("kind") != "term":
@@ -74,8 +76,9 @@ def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_nam
             cost=info.cost,
             naive=info.naive,
         ))
+    fallbacks = tuple(dataclasses.replace(f, leaf=leaf_names[f.leaf]) for f in fallbacks)
     return Plan(tuple(terms), cotangents, method, tuple(kernel_shapes), tuple(records),
-                leaf_methods, method_costs)
+                leaf_methods, method_costs, fallbacks)
 
 
 def record(trace: Callable[[], Any]) -> list:
@@ -114,6 +117,10 @@ def format_plan(plan: Plan) -> str:
         f"{_fmt(naive / max(chosen, 1))}x); cotangent passes ~{_fmt(plan.cotangents.flops)} FLOPs; "
         f"peak {_fmt(plan.cost.peak)} B"
     )
+    for f in plan.fallbacks:
+        where = f" at {f.where}" if f.where else ""
+        lines.append(f"dense fallback: {f.primitive}{where}, param {f.leaf}, x{f.side}: "
+                     f"~{_fmt(f.flops)} FLOPs, ~{_fmt(f.bytes)} B to build")
     if plan.method_costs:
         ranked = sorted(plan.method_costs.items(), key=lambda kv: kv[1])
         lines.append("estimated FLOPs per method: "

@@ -138,6 +138,28 @@ class Term:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fallback:
+    """A use of a parameter that takes the dense rule (its primitive has no structured rule, or
+    the rule declined): ``∂y/∂θ`` built densely by forward mode.
+
+    Attributes:
+      leaf: the parameter leaf's index.
+      primitive: the consuming primitive's name.
+      where: the source line of f that created it ('' when unknown).
+      side: 1 or 2, the side (x1's or x2's examples) it is computed for.
+      flops: estimated FLOPs of building it for that side's examples.
+      bytes: estimated working set of building it (its forward-mode temporaries).
+    """
+
+    leaf: int
+    primitive: str
+    where: str
+    side: int
+    flops: float
+    bytes: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """What ``method="structured"`` will run for given inputs, before emission.
 
@@ -151,6 +173,7 @@ class Plan:
         one method for all, or a per-leaf mix when ``method`` is ``"mixed"``.
       method_costs: the estimated FLOPs of each method alone (and of the mix) that
         ``method="auto"`` compared.
+      fallbacks: every use that takes the dense rule (:class:`Fallback`), with its cost.
     """
 
     terms: tuple
@@ -160,6 +183,7 @@ class Plan:
     records: tuple = dataclasses.field(default=(), repr=False, compare=False)
     leaf_methods: dict = dataclasses.field(default_factory=dict, compare=False)
     method_costs: dict = dataclasses.field(default_factory=dict, compare=False)
+    fallbacks: tuple = ()
 
     @property
     def cost(self):

@@ -59,3 +59,18 @@ def test_memory_limit_steers_auto_away_from_the_dense_fallback():
     assert config.method != "structured" and "structured" not in (config.leaf_methods or ())
     want = ntkc.testing.reference_ntk(f, x, None, params)
     np.testing.assert_allclose(kfn(x, None, params), want, rtol=2e-4, atol=2e-4)
+
+
+def test_the_plan_lists_every_dense_fallback_with_its_cost():
+    f, params = scanned_stack(depth=2, width=8)
+    x1, x2 = (R.standard_normal((n, 16)).astype(np.float32) for n in (4, 3))
+    plan = ntkc.plan(f, x1, x2, params, vmap_axes=0, method="structured")
+    assert [(fb.primitive, fb.leaf, fb.side) for fb in plan.fallbacks] == [
+        ("scan", "['w']", 1), ("scan", "['w']", 2)]
+    one, two = plan.fallbacks
+    assert "test_dense_fallback_memory.py" in one.where
+    # forward mode over the 128 weights of the stack, for 4 and 3 examples
+    assert one.flops / two.flops == pytest.approx(4 / 3) and one.bytes > two.bytes > 128 ** 2 * 4
+    assert "dense fallback: scan at" in repr(plan) and "param ['w'], x2" in repr(plan)
+    symmetric = ntkc.plan(f, x1, None, params, vmap_axes=0, method="structured")
+    assert len(symmetric.fallbacks) == 1  # x2 = x1: one dense rule serves both sides
