@@ -70,7 +70,12 @@ def _hash_arrays(*trees) -> str:
         for leaf in jax.tree.leaves(tree):
             a = np.asarray(leaf)
             h.update(repr((a.shape, str(a.dtype))).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+            if a.ndim == 0 or a.nbytes <= 2**26:
+                h.update(np.ascontiguousarray(a).tobytes())
+            else:  # ~64 MiB at a time (the same hash): a memory-mapped dataset is never copied
+                step = max(1, 2**26 // (a.nbytes // len(a)))
+                for k in range(0, len(a), step):
+                    h.update(np.ascontiguousarray(a[k:k + step]).tobytes())
     return h.hexdigest()
 
 

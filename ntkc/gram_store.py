@@ -93,7 +93,8 @@ class GramStore:
         os.makedirs(path, exist_ok=True)
         file = os.path.join(path, MANIFEST)
         if not os.path.exists(file):
-            foreign = [n for n in os.listdir(path) if not n.startswith(".tmp-")]
+            foreign = [n for n in os.listdir(path)  # (another process's manifest may be new)
+                       if not n.startswith(".tmp-") and n != MANIFEST]
             if foreign:
                 raise ValueError(f"{path} is a directory that is not a Gram store (it holds "
                                  f"{foreign[0]!r} and no {MANIFEST}); pick an empty or new one")

@@ -17,6 +17,7 @@ import pytest
 
 import ntkc
 from ntkc import _gram
+from ntkc import cli
 from ntkc.cli import load_factory
 
 MODEL = textwrap.dedent('''
@@ -66,6 +67,10 @@ WORKER = textwrap.dedent('''
         x2 = np.load(argv[argv.index("--x2") + 1]) if "--x2" in argv else None
         kernel = ntkc.gram(f, params, x1, x2, batch_size=2, progress=False)
         np.save(f"{prefix}{jax.process_index()}.npy", kernel)
+        try:  # processes cannot share one .npy file
+            ntkc.gram(f, params, x1, out="kernel.npy", progress=False)
+        except ValueError as err:
+            print("refused:", err, flush=True)
     sys.exit(cli.main(argv))
 ''')
 
@@ -172,6 +177,9 @@ def test_two_processes_cross_kernel_in_a_store_and_gathered_in_memory(tmp_path, 
     np.testing.assert_allclose(np.asarray(store), want, rtol=1e-10, atol=1e-12)
     for i in range(2):  # every process holds the whole kernel
         np.testing.assert_allclose(np.load(f"{memory}{i}.npy"), want, rtol=1e-10, atol=1e-12)
+        assert "refused: gram: out='kernel.npy' is one .npy file, which 2 processes cannot " \
+               "share" in output[i], output[i][-3000:]
+    assert not (tmp_path / "kernel.npy").exists()
 
 
 def test_a_killed_process_leaves_its_tiles_and_the_rerun_computes_only_the_rest(tmp_path,
@@ -208,3 +216,10 @@ def test_a_store_for_other_data_is_refused_by_every_process(tmp_path, model):
     for text in output:
         assert "store was written for another data; remove the directory" in text, text[-3000:]
     assert stat(tmp_path / "store") == before
+
+
+def test_the_process_layout_flags_go_together(capsys):
+    assert cli.main(["gram", "model:make", "--out", "k", "--coordinator", "127.0.0.1:1"]) == 2
+    assert "--coordinator, --num-processes and --process-id go together" in capsys.readouterr().err
+    assert cli.main(["gram", "model:make", "--out", "k", "--cluster", "--process-id", "0"]) == 2
+    assert "--cluster reads the process layout" in capsys.readouterr().err
