@@ -1,6 +1,7 @@
 """The structured-derivatives method: the ordered passes, from a Problem to its kernels.
 
-trace (linearize) -> inline -> uses -> rules (in evaluate) -> network (einsum per pair of uses).
+trace (linearize) -> inline -> unroll short loops -> uses -> rules (in evaluate) -> network (einsum
+per pair of uses).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ntkc.passes.evaluate import evaluate_side
 from ntkc.passes import capability, network
 from ntkc.passes.inline import inline
 from ntkc.passes.network import Side, output_kernel
+from ntkc.passes.unroll import unroll_scans
 from ntkc.passes.uses import Analysis, find_uses
 from ntkc.trace import Traced, check_real_tangents, trace_linear
 
@@ -25,7 +27,7 @@ def analyze(fn, params, inputs, axes) -> Analysis:
             for x, ax in zip(inputs, axes)
         ]
     traced = trace_linear(fn, params, inputs)
-    traced = Traced(inline(traced.jaxpr), traced.n_params, traced.n_inputs)
+    traced = unroll_scans(Traced(inline(traced.jaxpr), traced.n_params, traced.n_inputs))
     check_real_tangents(traced)
     analysis = find_uses(traced)
     capability.check_structured(analysis)

@@ -155,7 +155,8 @@ def test_assign_keeps_structured_unless_another_is_clearly_cheaper():
 # end to end: an RNN with a wide head
 
 
-def rnn_model(hdim=16, wide=128, steps=3, d=3, n=4):
+def rnn_model(hdim=16, wide=256, steps=33, d=3, n=4):
+    """steps: longer than the loops the structured method unrolls (passes/unroll.MAX_LENGTH)."""
     params = {"u": normal((hdim, hdim), hdim**-0.5), "w_in": normal((d, hdim)),
               "head": {"w1": normal((hdim, wide), hdim**-0.5), "w2": normal((wide, 4), wide**-0.5)}}
 
@@ -174,7 +175,7 @@ def test_auto_mixes_methods_on_an_rnn_with_a_wide_head():
     f, params, x1, _ = rnn_model()
     plan = ntkc.plan(f, x1, None, params, vmap_axes=0, trace_axes=())
     assert plan.method == "mixed", plan
-    assert plan.leaf_methods["['u']"] != "structured"  # its scan has no rule: dense fallback
+    assert plan.leaf_methods["['u']"] != "structured"  # its long scan: the dense fallback
     assert plan.leaf_methods["['head']['w1']"] == "structured"  # the wide layer
     assert plan.method_costs["mixed"] < min(v for k, v in plan.method_costs.items() if k != "mixed")
     assert "mixed" in repr(plan) and "estimated FLOPs per method" in repr(plan)

@@ -186,10 +186,20 @@ def test_fori_loop(method, setting):
     check(fori, XC, CONTROL, method, setting)
 
 
+def long_fori(p, x):  # longer than the loops the structured method unrolls
+    h = lax.fori_loop(0, 40, lambda i, h: jnp.tanh(h @ p["w"] / 2 + p["b"][None, :]), x @ p["u"])
+    return h @ p["v"]
+
+
 def test_control_flow_fallback_reported():
+    # a short fori loop (a scan of length 3) is unrolled: its uses get rules, no fallback
+    ntkc.ntk_fn(fori, method="structured", strict=True)(XC, None, CONTROL)
     evaluate._REPORTED.discard("scan")  # reported once per process: forget an earlier report
     with pytest.warns(UserWarning, match="no structured rule for primitive 'scan'"):
-        ntkc.ntk_fn(fori, method="structured")(XC, None, CONTROL)
+        got = ntkc.ntk_fn(long_fori, method="structured")(XC, None, CONTROL)
+    np.testing.assert_allclose(got, ntkc.testing.reference_ntk(long_fori, XC, None, CONTROL),
+                               rtol=1e-9,
+                               atol=1e-11)
 
 
 # --- while_loop -------------------------------------------------------------------------------

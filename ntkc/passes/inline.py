@@ -13,13 +13,14 @@ import jax
 from ntkc._compat import ClosedJaxpr, bind, inlinable_jaxpr, read
 
 
-def _eval_inlined(jaxpr, consts, args):
+def eval_inlined(jaxpr, consts, args) -> list:
+    """Evaluates a jaxpr on ``args`` (arrays or tracers), recursing into call-like equations."""
     env = dict(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:
         ins = [read(env, v) for v in eqn.invars]
         sub = inlinable_jaxpr(eqn)
-        outs = _eval_inlined(sub[0], sub[1], ins) if sub is not None else bind(eqn, ins)
+        outs = eval_inlined(sub[0], sub[1], ins) if sub is not None else bind(eqn, ins)
         env.update(zip(eqn.outvars, outs))
     return [read(env, v) for v in jaxpr.outvars]
 
@@ -27,4 +28,4 @@ def _eval_inlined(jaxpr, consts, args):
 def inline(closed: ClosedJaxpr) -> ClosedJaxpr:
     """A ClosedJaxpr computing the same function with call-like equations inlined."""
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
-    return jax.make_jaxpr(lambda *a: _eval_inlined(closed.jaxpr, closed.consts, a))(*avals)
+    return jax.make_jaxpr(lambda *a: eval_inlined(closed.jaxpr, closed.consts, a))(*avals)

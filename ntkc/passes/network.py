@@ -19,6 +19,7 @@ from ntkc._compat import bind
 from ntkc.ir import OneHot
 from ntkc.passes.path import PathInfo, optimize
 from ntkc.passes.uses import Analysis
+from ntkc.rules import selections_disjoint
 
 _SHARED = 1_000_000
 
@@ -202,7 +203,10 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
         uses1 = s1.analysis.uses_of_leaf(leaf)
         uses2 = s2.analysis.uses_of_leaf(leaf)
         for u1, u2 in itertools.product(uses1, uses2):
-            same = s1.analysis.uses[u1].chain.signature == s2.analysis.uses[u2].chain.signature
+            chain1, chain2 = s1.analysis.uses[u1].chain, s2.analysis.uses[u2].chain
+            if chain1.eqns and chain2.eqns and selections_disjoint(chain1.eqns[0], chain2.eqns[0]):
+                continue  # different entries of the leaf (two layers of stacked weights): zero
+            same = chain1.signature == chain2.signature
             n1, n2 = len(s1.specs[u1]), len(s2.specs[u2])
             for v1, v2 in itertools.product(range(n1), range(n2)):
                 if not (_is_float(s1.cotangents[k][u1][v1]) and _is_float(s2.cotangents[k][u2][v2])):

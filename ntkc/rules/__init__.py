@@ -2,7 +2,9 @@
 
 from ntkc.rules import elementwise, linear, structural  # noqa: F401  (registration)
 from ntkc.rules.registry import (Rule, dense_forms, flops_rule, is_chain, lookup,
-                                 per_example_gradient_factor, register, registered, unregister)
+                                 per_example_gradient_factor, register, registered,
+                                 selections_disjoint, unregister)
 
 __all__ = ["Rule", "dense_forms", "flops_rule", "is_chain", "lookup",
-           "per_example_gradient_factor", "register", "registered", "unregister"]
+           "per_example_gradient_factor", "register", "registered", "selections_disjoint",
+           "unregister"]

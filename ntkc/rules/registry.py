@@ -213,6 +213,25 @@ def is_chain(primitive) -> bool:
     return primitive in _CHAINS
 
 
+_SELECTIONS: dict[Any, Callable] = {}
+
+
+def register_selection(primitive, disjoint: Callable) -> None:
+    """A selection of entries (``S Sᵀ = I``, as a static slice): folded into a parameter's chain
+    like a bijection, since two uses through the same selection may be contracted on the
+    selected entries; ``disjoint(eqn_a, eqn_b)`` says when two selections share no entry, so
+    that the term of their uses vanishes."""
+    _CHAINS.add(primitive)
+    _SELECTIONS[primitive] = disjoint
+
+
+def selections_disjoint(eqn_a, eqn_b) -> bool:
+    """Whether two chain equations select disjoint entries of the same value."""
+    disjoint = _SELECTIONS.get(eqn_a.primitive)
+    return (disjoint is not None and eqn_a.primitive is eqn_b.primitive
+            and bool(disjoint(eqn_a, eqn_b)))
+
+
 def registered() -> dict:
     """A copy of the rule table."""
     return dict(_RULES)

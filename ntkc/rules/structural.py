@@ -11,12 +11,25 @@ import numpy as np
 from jax import lax
 
 from ntkc.ir import Form, OneHot
-from ntkc.rules.registry import register, register_chain
+from ntkc.rules.registry import register, register_chain, register_selection
 
 
 # Bijections on the entries of their one operand: folded into a parameter's chain.
 register_chain(lax.transpose_p, lax.reshape_p, lax.convert_element_type_p, lax.copy_p,
                lax.squeeze_p, lax.reduce_precision_p)
+
+
+def _slices_disjoint(a, b) -> bool:
+    """Static slices with no entry in common: along some axis, their ranges do not meet."""
+    for start_a, stop_a, start_b, stop_b in zip(a.params["start_indices"], a.params["limit_indices"],
+                                                b.params["start_indices"], b.params["limit_indices"]):
+        if stop_a <= start_b or stop_b <= start_a:
+            return True
+    return False
+
+
+# A static slice selects entries (an unrolled scan's layer of stacked weights): a chain too.
+register_selection(lax.slice_p, _slices_disjoint)
 
 
 @register(lax.broadcast_in_dim_p, "identity on kept axes, broadcast on new ones")
