@@ -13,7 +13,8 @@ import ntkc
 
 WIDTH = 4
 LAYERS = ["dense", "dense_shared", "dense_shared_T", "bias", "scale", "tanh", "relu",
-          "split_concat", "slice_pad", "sum_broadcast", "cumsum", "rev", "residual"]
+          "split_concat", "slice_pad", "sum_broadcast", "cumsum", "rev", "residual",
+          "scan_stacked", "scan_shared", "cond"]
 
 
 def build(layers, seed):
@@ -22,6 +23,8 @@ def build(layers, seed):
     for i, kind in enumerate(layers):
         if kind == "dense":
             params[f"w{i}"] = rng.standard_normal((WIDTH, WIDTH)) / 2
+        elif kind == "scan_stacked":
+            params[f"w{i}"] = rng.standard_normal((3, WIDTH, WIDTH)) / 2
         elif kind in ("bias", "scale"):
             params[f"b{i}"] = rng.standard_normal((WIDTH,))
     params["out"] = rng.standard_normal((WIDTH, 2))
@@ -56,6 +59,15 @@ def build(layers, seed):
                 h = h[:, ::-1]
             elif kind == "residual":
                 h = h + jnp.tanh(h @ p["shared"])
+            elif kind == "scan_stacked":  # layers scanned over stacked weights
+                h, _ = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), h, p[f"w{i}"])
+            elif kind == "scan_shared":  # a cell's weights closed over, 2 steps, reversed
+                h, ys = jax.lax.scan(lambda h, _: (jnp.sin(h @ p["shared"]), h), h, None,
+                                     length=2, reverse=True)
+                h = h + ys[0]
+            elif kind == "cond":  # a branch on the parameters' values
+                h = jax.lax.cond(p["shared"][0, 0] > 0, lambda h: h @ p["shared"],
+                                 lambda h: jnp.tanh(h), h)
         return h @ p["out"] + (p["shared"].sum() * x[:, :2])
 
     return f, params
