@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 
+from bench.suite import _peak_bytes as _memory, _xla_flops as _flops
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 METHODS = ("structured", "jacobian", "ntvp", "auto")
 GiB = 2**30
@@ -96,21 +98,6 @@ def rates() -> dict:
 
 
 # ----------------------------------------------------------------------------- a case
-
-def _flops(compiled):
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    value = (analysis or {}).get("flops")
-    return None if value is None else float(value)
-
-
-def _memory(compiled):
-    m = compiled.memory_analysis()
-    if m is None:
-        return None
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
-
 
 def pass_flops(f, params, x) -> dict:
     """XLA's FLOPs, per example, of a forward pass, of a VJP w.r.t. the input (forward plus the
