@@ -25,16 +25,20 @@ from ntkc.trace import Traced
 MAX_LENGTH = 32
 
 
-def _tangent_scans(traced: Traced) -> set[int]:
-    """Indices of the top-level scans that a parameter tangent flows into."""
+def _scans_to_unroll(traced: Traced) -> set[int]:
+    """Indices of the short top-level scans, when a parameter tangent flows into one of them:
+    all of them, so that the primal loop that computes the residuals is unrolled with its
+    tangent loop (as in the unrolled model: no stacked residuals to slice)."""
     jaxpr = traced.jaxpr.jaxpr
-    tangent, found = set(traced.tangent_vars), set()
+    tangent, short, any_tangent = set(traced.tangent_vars), set(), False
     for k, eqn in enumerate(jaxpr.eqns):
+        is_short = eqn.primitive is lax.scan_p and 0 < eqn.params["length"] <= MAX_LENGTH
+        if is_short:
+            short.add(k)
         if any(not isinstance(v, Literal) and v in tangent for v in eqn.invars):
             tangent.update(eqn.outvars)
-            if eqn.primitive is lax.scan_p and 0 < eqn.params["length"] <= MAX_LENGTH:
-                found.add(k)
-    return found
+            any_tangent = any_tangent or is_short
+    return short if any_tangent else set()
 
 
 def _unrolled(eqn, args: list) -> list:
@@ -57,7 +61,7 @@ def _unrolled(eqn, args: list) -> list:
 
 def unroll_scans(traced: Traced) -> Traced:
     """``traced`` with its short tangent scans unrolled (their bodies' calls inlined)."""
-    targets = _tangent_scans(traced)
+    targets = _scans_to_unroll(traced)
     if not targets:
         return traced
     closed = traced.jaxpr
