@@ -4,8 +4,6 @@ use's chain: one term per layer, as for the unrolled stack), weights closed over
 the weight-shared sum over iterations, and cotangents flow back through the carry. Every model
 runs under strict=True (no dense fallback) and equals the float64 reference."""
 
-import equinox as eqx
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,35 +86,44 @@ def test_a_loop_longer_than_the_unroll_limit_takes_the_dense_rule():
 
 # --------------------------------------------------------------------- framework models
 
-class FlaxBlock(nn.Module):
-    @nn.compact
-    def __call__(self, h, _):
-        y = nn.LayerNorm()(h)
-        q, k = nn.Dense(8)(y), nn.Dense(8)(y)
-        attention = jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2) / np.sqrt(8), -1)
-        h = h + nn.Dense(8)(attention @ y)
-        return h + nn.Dense(8)(jax.nn.gelu(nn.Dense(16)(nn.LayerNorm()(h)))), None
+def flax_scan_transformer():
+    """A Flax transformer whose blocks (attention, LayerNorm, MLP) run under nn.scan (flax is
+    imported here: the quick tests also run where it is not installed)."""
+    import flax.linen as nn
 
+    class FlaxBlock(nn.Module):
+        @nn.compact
+        def __call__(self, h, _):
+            y = nn.LayerNorm()(h)
+            q, k = nn.Dense(8)(y), nn.Dense(8)(y)
+            attention = jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2) / np.sqrt(8), -1)
+            h = h + nn.Dense(8)(attention @ y)
+            return h + nn.Dense(8)(jax.nn.gelu(nn.Dense(16)(nn.LayerNorm()(h)))), None
 
-class FlaxScanTransformer(nn.Module):
-    @nn.compact
-    def __call__(self, x):  # x: (N, tokens, 8)
-        blocks = nn.scan(FlaxBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                         length=2)
-        h, _ = blocks()(x, None)
-        return nn.Dense(3)(h.mean(-2))
+    class FlaxScanTransformer(nn.Module):
+        @nn.compact
+        def __call__(self, x):  # x: (N, tokens, 8)
+            blocks = nn.scan(FlaxBlock, variable_axes={"params": 0},
+                             split_rngs={"params": True}, length=2)
+            h, _ = blocks()(x, None)
+            return nn.Dense(3)(h.mean(-2))
+
+    return FlaxScanTransformer()
 
 
 def test_flax_nn_scan_transformer():
-    model = FlaxScanTransformer()
+    model = flax_scan_transformer()
     x = R.standard_normal((3, 4, 8))
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     f = lambda p, x: model.apply({"params": p}, x)
     check(f, params, (x, R.standard_normal((2, 4, 8))), (-1,), 0, False, rtol=1e-8)
 
 
-@pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell])
-def test_flax_lstm_and_gru(cell):
+@pytest.mark.parametrize("cell_name", ["LSTMCell", "GRUCell"])
+def test_flax_lstm_and_gru(cell_name):
+    import flax.linen as nn
+
+    cell = getattr(nn, cell_name)
     # float64 carries: the tests run with x64, and the reference in float64
     model = nn.Sequential([nn.RNN(cell(features=5, param_dtype=jnp.float64)),
                            lambda h: h[:, -1], nn.Dense(2)])
@@ -127,6 +134,8 @@ def test_flax_lstm_and_gru(cell):
 
 
 def test_equinox_filter_vmap_and_scan_stack():
+    import equinox as eqx
+
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     make = lambda k: eqx.nn.Linear(6, 6, key=k)
     stacked = eqx.filter_vmap(make)(keys)

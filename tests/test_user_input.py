@@ -6,7 +6,6 @@ import subprocess
 import sys
 import warnings
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,14 +85,15 @@ def test_the_complex_recipe_gives_the_kernel_of_the_real_map():
 # ------------------------------------------------------------------- Flax variables
 
 
-class BatchNormNet(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.BatchNorm(use_running_average=True)(nn.Dense(4)(x))
-        return nn.Dense(2)(nn.relu(x))
-
-
 def _flax_model():
+    import flax.linen as nn
+
+    class BatchNormNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.BatchNorm(use_running_average=True)(nn.Dense(4)(x))
+            return nn.Dense(2)(nn.relu(x))
+
     model = BatchNormNet()
     variables = model.init(jax.random.PRNGKey(0), X)
     # running statistics that are not the initial zeros and ones

@@ -2,7 +2,6 @@
 refused before anything is computed (ntkc.passes.independence), and every independent model
 passes the check without a false alarm."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +66,8 @@ def test_the_error_names_the_batch_axis_of_the_output():
 
 
 def test_flax_batch_norm_in_training_mode_is_refused_and_eval_mode_passes():
+    import flax.linen as nn
+
     class Net(nn.Module):
         train: bool
 
