@@ -31,6 +31,15 @@ class FCN(nn.Module):
         return nn.Dense(self.outputs)(x)
 
 
+def _shortcut(residual, y, strides, norm):
+    """relu(residual + y), the residual projected (1x1 conv, norm) where the shapes differ;
+    called inside a block's compact method, so the submodules are the block's."""
+    if residual.shape != y.shape:
+        residual = nn.Conv(y.shape[-1], (1, 1), strides, use_bias=False)(residual)
+        residual = norm()(residual)
+    return nn.relu(residual + y)
+
+
 class ResNetBlock(nn.Module):
     """ResNet's basic block (flax/examples/imagenet)."""
     filters: int
@@ -44,10 +53,7 @@ class ResNetBlock(nn.Module):
         y = nn.relu(norm()(y))
         y = nn.Conv(self.filters, (3, 3), use_bias=False)(y)
         y = norm(scale_init=nn.initializers.zeros_init())(y)
-        if residual.shape != y.shape:
-            residual = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False)(residual)
-            residual = norm()(residual)
-        return nn.relu(residual + y)
+        return _shortcut(residual, y, self.strides, norm)
 
 
 class BottleneckResNetBlock(nn.Module):
@@ -64,10 +70,7 @@ class BottleneckResNetBlock(nn.Module):
         y = nn.relu(norm()(y))
         y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
         y = norm(scale_init=nn.initializers.zeros_init())(y)
-        if residual.shape != y.shape:
-            residual = nn.Conv(self.filters * 4, (1, 1), self.strides, use_bias=False)(residual)
-            residual = norm()(residual)
-        return nn.relu(residual + y)
+        return _shortcut(residual, y, self.strides, norm)
 
 
 class ResNet(nn.Module):
