@@ -100,9 +100,10 @@ def jaxpr_flops(jaxpr) -> float:
 
 
 def eqn_values(eqn) -> float:
-    """Entries of the values one equation computes: its outputs, and its sub-jaxprs' values (a
-    scan's body times its length), the working set of differentiating it densely."""
-    inner = sum(jaxpr_values(sub) for sub in sub_jaxprs(eqn)) * eqn.params.get("length", 1)
+    """Entries of the values alive while one equation runs: its outputs (a scan's stacked ys
+    included) and one pass of its sub-jaxprs' values (a loop's iterations run one at a time),
+    the working set of differentiating it densely in forward mode."""
+    inner = sum(jaxpr_values(sub) for sub in sub_jaxprs(eqn))
     return inner + sum(math.prod(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
 
 
