@@ -32,12 +32,18 @@ def scanned_stack(depth, width, inputs=16, outputs=10):
     return f, params
 
 
+def structured_estimate(f, params, x):
+    """(the planner's working-set estimate of the structured program, its kernel function,
+    config and arguments)."""
+    kfn = ntkc.ntk_fn(f, vmap_axes=0, method="structured")
+    config, args = kfn.prepare(x, None, params)
+    return kfn._request(config, args).peak(("structured",) * 3), kfn, config, args
+
+
 def test_the_dense_fallbacks_estimate_follows_xlas_memory_analysis():
     f, params = scanned_stack(depth=LONG, width=8)
     x = R.standard_normal((8, 16)).astype(np.float32)
-    kfn = ntkc.ntk_fn(f, vmap_axes=0, method="structured")
-    config, args = kfn.prepare(x, None, params)
-    estimate = kfn._request(config, args).peak(("structured",) * 3)
+    estimate, kfn, config, args = structured_estimate(f, params, x)
     compiled = kfn._jit(config, args).lower(*args, config=config).compile()
     xla = compiled.memory_analysis().temp_size_in_bytes
     assert 0.5 < estimate / xla < 2.0, (estimate, xla)
@@ -59,9 +65,7 @@ def test_a_program_that_cannot_fit_the_device_is_refused_before_xla():
 def test_memory_limit_steers_auto_away_from_the_dense_fallback():
     f, params = scanned_stack(depth=LONG, width=8)
     x = R.standard_normal((8, 16)).astype(np.float32)
-    probe = ntkc.ntk_fn(f, vmap_axes=0, method="structured")
-    config, args = probe.prepare(x, None, params)
-    structured = probe._request(config, args).peak(("structured",) * 3)
+    structured = structured_estimate(f, params, x)[0]
     kfn = ntkc.ntk_fn(f, vmap_axes=0, memory_limit=int(structured / 2))
     config, _ = kfn.prepare(x, None, params)
     assert config.method != "structured" and "structured" not in (config.leaf_methods or ())
