@@ -116,6 +116,23 @@ def _find_add_any():
 add_any_p = _find_add_any()
 
 
+def _find_select_and_gather_add():
+    """``select_and_gather_add`` (max pooling's JVP) is not exported by ``jax.lax``: fetch it
+    from the linear map of a max pool."""
+    import jax
+
+    pool = lambda x: jax.lax.reduce_window(x, -jax.numpy.inf, jax.lax.max, (2,), (2,), "VALID")
+    jaxpr = jax.make_jaxpr(lambda x, t: jax.jvp(pool, (x,), (t,)))(jax.numpy.ones(4),
+                                                                   jax.numpy.ones(4))
+    for eqn in jaxpr.jaxpr.eqns:
+        if eqn.primitive.name == "select_and_gather_add":
+            return eqn.primitive
+    return None
+
+
+select_and_gather_add_p = _find_select_and_gather_add()
+
+
 def sub_jaxprs(eqn) -> list:
     """The jaxprs in an equation's parameters (a scan's body, a cond's branches, a jit's call)."""
     subs = []

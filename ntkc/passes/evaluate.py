@@ -17,7 +17,7 @@ import numpy as np
 from ntkc._compat import Literal, bind, read
 from ntkc.ir import Form, identity_form
 from ntkc.passes.uses import Analysis
-from ntkc.rules import dense_forms, lookup
+from ntkc.rules import apply_linear, dense_forms, lookup
 
 _REPORTED: set[str] = set()
 
@@ -126,7 +126,7 @@ def evaluate_side(analysis: Analysis, params: list, inputs: list, strict: bool):
                 for ui in analysis.uses_by_eqn[k]:
                     outs = ys[ui] if outs is None else [a + b for a, b in zip(outs, ys[ui])]
             else:
-                outs = bind(eqn, [arg(v, False) for v in eqn.invars])
+                outs = apply_linear(eqn, [arg(v, False) for v in eqn.invars])
             tenv.update(zip(eqn.outvars, outs))
         result = []
         for i, v in enumerate(jaxpr.outvars):

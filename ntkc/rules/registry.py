@@ -232,6 +232,29 @@ def selections_disjoint(eqn_a, eqn_b) -> bool:
             and bool(disjoint(eqn_a, eqn_b)))
 
 
+_LINEAR_FORMS: dict[Any, Callable] = {}
+
+
+def register_linear_form(primitive):
+    """Decorator: ``fn(eqn, args) -> outputs or None``, the same linear map as ``eqn`` (its
+    tangent operands among ``args``) written so that its transpose, which the cotangent pass
+    runs, is faster; None keeps the primitive itself."""
+
+    def decorate(fn):
+        if primitive is not None:
+            _LINEAR_FORMS[primitive] = fn
+        return fn
+
+    return decorate
+
+
+def apply_linear(eqn, args) -> list:
+    """One equation of the linear map, in its registered linear form where there is one."""
+    form = _LINEAR_FORMS.get(eqn.primitive)
+    outs = None if form is None else form(eqn, args)
+    return bind(eqn, args) if outs is None else outs
+
+
 def registered() -> dict:
     """A copy of the rule table."""
     return dict(_RULES)

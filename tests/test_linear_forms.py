@@ -1,0 +1,109 @@
+"""The linear forms of the cotangent pass (ntkc/rules/linear_forms.py): each is the same linear
+map as its primitive, its transpose equals JAX's, and kernels through it match the reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import ntkc
+from ntkc._compat import select_and_gather_add_p
+from ntkc.rules import apply_linear
+from ntkc.testing import reference_ntk
+
+
+def _pool_eqn(shape, dims, strides, padding, op):
+    """The select_and_gather_add equation of a max (min) pool's linear map, as JAX writes it."""
+    init = -jnp.inf if op is lax.max else jnp.inf
+    pool = lambda x: lax.reduce_window(x, init, op, dims, strides, padding)
+    x = jnp.zeros(shape, jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x, t: jax.jvp(pool, (x,), (t,))[1])(x, x)
+    (eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive is select_and_gather_add_p]
+    return eqn
+
+
+# (shape, window, strides, padding): ResNet's stem pool, non-overlapping, 1-D, uneven padding
+POOLS = [
+    ((2, 9, 9, 3), (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))),
+    ((2, 8, 8, 3), (1, 2, 2, 1), (1, 2, 2, 1), ((0, 0), (0, 0), (0, 0), (0, 0))),
+    ((3, 11), (1, 4), (1, 3), ((0, 0), (2, 1))),
+    ((1, 7, 6, 2), (1, 3, 2, 1), (1, 1, 2, 1), ((0, 0), (0, 2), (1, 0), (0, 0))),
+]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("op", [lax.max, lax.min], ids=["max", "min"])
+@pytest.mark.parametrize("shape,dims,strides,padding", POOLS)
+def test_pooled_tangent_is_the_same_linear_map(shape, dims, strides, padding, op):
+    eqn = _pool_eqn(shape, dims, strides, padding, op)
+    rng = np.random.default_rng(0)
+    # relu'd values: whole windows of zeros tie (the first entry is taken by both forms); ties
+    # between some entries of a window are broken by XLA in an order that depends on how it
+    # rewrites the window (see the next test), so the other values are distinct
+    x = np.maximum(rng.standard_normal(shape), 0) * (rng.random(shape) < 0.7)
+    x = jnp.asarray(x if op is lax.max else -x, jnp.float32)
+    t = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    expected = eqn.primitive.bind(t, x, **eqn.params)
+    got = apply_linear(eqn, [t, x])[0]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    # the transposes (what the cotangent pass runs) agree too
+    ct = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+    ref_t = jax.linear_transpose(lambda t: eqn.primitive.bind(t, x, **eqn.params), t)(ct)[0]
+    our_t = jax.linear_transpose(lambda t: apply_linear(eqn, [t, x])[0], t)(ct)[0]
+    np.testing.assert_array_equal(np.asarray(our_t), np.asarray(ref_t))
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("window", [
+    [[0, 1], [1, 1]], [[1, 1], [1, 1]], [[-2, 2], [2, 2], [-2, 2]], [[0, 1, 0], [0, 1, 1], [1, 0, 0]]])
+def test_pooled_tangent_keeps_the_first_maximum(window):
+    """Tied maxima in one window: the tangent of the first (row-major), as XLA's ge selects on
+    a single window. (Where windows overlap, XLA may reduce one axis at a time, which breaks
+    ties column-first: the choice at exact ties is XLA's, not JAX's contract.)"""
+    window = np.asarray(window, np.float32)
+    eqn = _pool_eqn(window.shape, window.shape, window.shape, ((0, 0),) * 2, lax.max)
+    x = jnp.asarray(window)
+    t = jnp.arange(1.0, 1.0 + window.size, dtype=jnp.float32).reshape(window.shape)
+    first = 1.0 + float(np.argmax(window.ravel()))
+    assert float(apply_linear(eqn, [t, x])[0].squeeze()) == first
+    assert float(eqn.primitive.bind(t, x, **eqn.params).squeeze()) == first
+
+
+def _pool_cnn(p, x):
+    h = jax.nn.relu(lax.conv_general_dilated(x, p["c1"], (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                          ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h = lax.conv_general_dilated(h, p["c2"], (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = -lax.reduce_window(-jax.nn.relu(h), -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return h.mean((1, 2)) @ p["w"]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("trace_axes,x2", [((), False), ((-1,), True)])
+def test_kernel_through_max_pools_matches_reference(trace_axes, x2):
+    rng = np.random.default_rng(1)
+    params = {"c1": rng.standard_normal((3, 3, 2, 4)) / 4, "c2": rng.standard_normal((3, 3, 4, 4)) / 6,
+              "w": rng.standard_normal((4, 3))}
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    x1 = jnp.asarray(rng.standard_normal((3, 8, 8, 2)), jnp.float32)
+    other = jnp.asarray(rng.standard_normal((2, 8, 8, 2)), jnp.float32) if x2 else None
+    kernel_fn = ntkc.ntk_fn(_pool_cnn, trace_axes=trace_axes, vmap_axes=0, method="structured")
+    got = kernel_fn(x1, other, params)
+    ref = reference_ntk(_pool_cnn, x1, other, params, trace_axes=trace_axes)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+
+
+@pytest.mark.quick
+def test_structured_program_has_no_select_and_scatter_on_cpu():
+    """The claim the form is there for: the cotangent pass transposes no select_and_gather_add."""
+    rng = np.random.default_rng(2)
+    params = {"c1": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32),
+              "c2": jnp.asarray(rng.standard_normal((3, 3, 4, 4)), jnp.float32),
+              "w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32)}
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 2)), jnp.float32)
+    kernel_fn = ntkc.ntk_fn(_pool_cnn, trace_axes=(), vmap_axes=0, method="structured")
+    text = jax.jit(lambda a, p: kernel_fn(a, None, p)).lower(x, params).as_text()
+    assert ("select_and_scatter" in text) is (jax.default_backend() != "cpu")
