@@ -470,7 +470,7 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     records = kfn._structured_records(config, args, warn=False)
     if records is None:  # raise the structured method's own error
         records = _plan.record(
-            lambda: jax.eval_shape(functools.partial(_compute, f, config=config), *args))
+            lambda c: jax.eval_shape(functools.partial(_compute, f, config=c), *args), config)
     req = kfn._request(config, args)
     outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
     output_names = [jax.tree_util.keystr(p) or "output"

@@ -176,7 +176,7 @@ def record_structured(trace, config: Config, warn: bool = True):
     abstractly under ``config``."""
     structured = dataclasses.replace(config, method="structured", leaf_methods=None)
     try:
-        return _plan.record(lambda: trace(structured))
+        return _plan.record(trace, structured)
     except PathMemoryError:
         return None  # no contraction order fits memory_limit: the structured method is out
     except capability.ReverseModeError:

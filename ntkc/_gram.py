@@ -43,7 +43,7 @@ from ntkc._problem import Problem
 from ntkc.gram_store import FORMAT, VERSION, GramStore, is_store, open_gram
 from ntkc.methods._batch import per_example_jacobians
 from ntkc.methods.jacobian import contract_jacobians
-from ntkc.passes.hoist import Hoist, hoisting
+from ntkc.passes.hoist import Hoist
 
 _AXIS = "examples"  # the mesh axis the example axis is sharded over
 DEFAULT_CACHE_BYTES = 2 * 2**30
@@ -228,8 +228,8 @@ class _Factored:
             return raw, None
         n = _num_examples(block, "block")
         tile = self._config(n, n, self.like1)  # outside: resolving it may trace other programs
-        with hoisting(Hoist()) as hoist:  # the block against itself; only the local steps are kept
-            pipeline.combine(tile, self.n_params, side, side)
+        hoist = Hoist()  # the block against itself; only the local steps are kept
+        pipeline.combine(tile, self.n_params, side, side, hoist)
         if keep is not None:  # arrays that only hoisted steps read are not kept (see _keep)
             raw = [a if k else None for a, k in zip(raw, keep)]
         return raw, (hoist.collected[1], hoist.collected[2])
@@ -250,8 +250,8 @@ class _Factored:
             if not self.hoist:
                 out = pipeline.combine(config, self.n_params, side1, side2)[0]
             else:
-                with hoisting(Hoist({1: s1[1][0], 2: s2[1][1]})) as hoist:
-                    out = pipeline.combine(config, self.n_params, side1, side2)[0]
+                hoist = Hoist({1: s1[1][0], 2: s2[1][1]})
+                out = pipeline.combine(config, self.n_params, side1, side2, hoist)[0]
                 hoist.check_used()
         else:
             out = self.kernel_fn(s1, s2, params)

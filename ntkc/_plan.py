@@ -1,7 +1,7 @@
 """Plans: the structured program's contractions as data, a table, a graph and Graphviz text.
 
 A plan is obtained by tracing the structured kernel abstractly (``jax.eval_shape``: no
-compilation) while ``ntkc.passes.network`` records every contraction it emits.
+compilation) under a ``Config`` whose ``records`` list receives every contraction it emits.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import jax
 
+from ntkc._problem import Config
 from ntkc.ir import Plan, Term
-from ntkc.passes import network
 from ntkc.passes.cost import Cost
 
 
@@ -81,15 +81,12 @@ def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_nam
                 leaf_methods, method_costs, fallbacks)
 
 
-def record(trace: Callable[[], Any]) -> list:
-    """Runs ``trace()`` (an abstract trace of a kernel program), returning the contractions
-    it records."""
-    network.RECORD = []
-    try:
-        trace()
-        return network.RECORD
-    finally:
-        network.RECORD = None
+def record(trace: Callable[[Config], Any], config: Config) -> list:
+    """Runs ``trace(config)`` (an abstract trace of a kernel program) with a list for its records;
+    returns the analyses and contractions it recorded."""
+    records = []
+    trace(dataclasses.replace(config, records=records))
+    return records
 
 
 def _fmt(x: float) -> str:

@@ -54,6 +54,10 @@ class Config:
     chunk: tuple[int, int] | None = None  # method "outputs": (output axis, outputs per chunk)
     compiler_options: tuple = ()  # XLA options of the kernel's programs (_compat.compiler_options)
     dtypes: tuple = ()  # per output leaf, the kernel's dtype (_args.kernel_dtype), whatever the method
+    # When a list, the structured program appends its analyses and contractions to it while it is
+    # traced (ntkc.plan, method="auto"; see _plan.record). Not compared nor hashed, so that the
+    # kernel's own call finds that trace in jit's cache.
+    records: list | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def jit_options(self) -> dict | None:

@@ -11,16 +11,17 @@ import jax.numpy as jnp
 
 from ntkc._problem import Config, Problem
 from ntkc.passes.evaluate import evaluate_side
-from ntkc.passes import capability, network
+from ntkc.passes import capability
 from ntkc.passes.inline import inline
-from ntkc.passes.network import Side, output_kernel
+from ntkc.passes.network import Contraction, Side, output_kernel
 from ntkc.passes.unroll import unroll_scans
 from ntkc.passes.uses import Analysis, find_uses
 from ntkc.trace import Traced, check_real_tangents, trace_linear
 
 
-def analyze(fn, params, inputs, axes) -> Analysis:
-    """trace -> inline -> uses, on one example (under vmap_axes) or the whole batch."""
+def analyze(fn, params, inputs, axes, records: list | None = None) -> Analysis:
+    """trace -> inline -> uses, on one example (under vmap_axes) or the whole batch; appended to
+    ``records`` when it is a list (ntkc.plan and method="auto" read the linear map's equations)."""
     if axes is not None:
         inputs = [
             jax.ShapeDtypeStruct(tuple(s for i, s in enumerate(x.shape) if i != ax), x.dtype)
@@ -31,8 +32,8 @@ def analyze(fn, params, inputs, axes) -> Analysis:
     check_real_tangents(traced)
     analysis = find_uses(traced)
     capability.check_structured(analysis)
-    if network.RECORD is not None:  # ntkc.plan and method="auto" read the linear map's equations
-        network.RECORD.append(dict(kind="analysis", analysis=analysis, per_example=axes is not None))
+    if records is not None:
+        records.append(dict(kind="analysis", analysis=analysis, per_example=axes is not None))
     return analysis
 
 
@@ -61,7 +62,7 @@ def side(prob: Problem, no: int, like: Side | None = None) -> Side:
     if like is not None and _same_shapes(like.analysis, inputs, axes):
         analysis = like.analysis
     else:
-        analysis = analyze(fn, prob.params, inputs, axes)
+        analysis = analyze(fn, prob.params, inputs, axes, prob.config.records)
     return _evaluate(analysis, prob.params, inputs, axes, prob.config.strict)
 
 
@@ -73,13 +74,16 @@ def _same_shapes(analysis: Analysis, inputs, axes) -> bool:
     return [v.aval.shape for v in analysis.traced.input_vars] == shapes
 
 
-def combine(config: Config, n_params: int, side1: Side, side2: Side) -> list:
-    """Θ per output leaf (a flat list) from two evaluated sides; ``config`` gives the layout."""
+def combine(config: Config, n_params: int, side1: Side, side2: Side, hoist=None) -> list:
+    """Θ per output leaf (a flat list) from two evaluated sides; ``config`` gives the layout
+    (and ``config.records`` the list its contractions are recorded to, if any); ``hoist``: see
+    :class:`ntkc.passes.network.Contraction`."""
+    contraction = Contraction(records=config.records, hoist=hoist)
     out = []
     for k, axes in enumerate(config.axes):
         batch_axis = config.batching.outputs[k] if config.batching is not None else None
         out.append(output_kernel(k, axes, batch_axis, n_params, side1, side2,
-                                 config.memory_limit, config.by_param))
+                                 config.memory_limit, config.by_param, contraction))
     return out
 
 

@@ -3,7 +3,7 @@
 A term's contraction path (``ntkc.passes.path``) often begins by contracting one side's operands
 alone: for a convolution, the cotangent with the patches of the same example, a per-example
 weight gradient. ``ntkc.gram`` pairs every block with many others, so such steps are worth
-computing once per block. While :data:`ntkc.passes.network.HOIST` is a :class:`Hoist`, every
+computing once per block. Given a :class:`Hoist` (``pipeline.combine(..., hoist=)``), every
 term contraction runs its path step by step through it: a step whose operands all come from one
 side (``note["sides"]``) is *local*. Collecting (on a block paired with itself, in the block's
 side program) records the local results of each side; using (in the tile program) takes them
@@ -13,11 +13,7 @@ same operand shapes, hence the same paths.
 
 from __future__ import annotations
 
-import contextlib
-
 import jax.numpy as jnp
-
-from ntkc.passes import network
 
 
 class Hoist:
@@ -60,13 +56,3 @@ class Hoist:
         """Every given result was consumed (else the two programs' paths differ)."""
         if self._given is not None and any(next(r, None) is not None for r in self._given.values()):
             raise RuntimeError("hoisted steps left over: the side and tile paths differ")
-
-
-@contextlib.contextmanager
-def hoisting(hoist: Hoist):
-    """Routes :func:`ntkc.passes.network.contract`'s term contractions through ``hoist``."""
-    previous, network.HOIST = network.HOIST, hoist
-    try:
-        yield hoist
-    finally:
-        network.HOIST = previous

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,19 +24,29 @@ from ntkc.rules import selections_disjoint
 
 _SHARED = 1_000_000
 
-# When a list, every contraction appends a record to it (how ntkc.plan inspects a program).
-RECORD: list | None = None
 
-# When set (ntkc.gram, see ntkc.passes.hoist), term contractions run their path through it, so
-# that steps on one side's operands alone are computed once per block of examples.
-HOIST = None
+@dataclasses.dataclass(frozen=True)
+class Contraction:
+    """What :func:`contract` does besides the einsum; by default, nothing.
+
+    Attributes:
+      records: when a list, every contraction appends a record to it (what it contracts and the
+        chosen path: how ``ntkc.plan`` and ``method="auto"`` inspect a program).
+      hoist: when set (``ntkc.gram``, see :class:`ntkc.passes.hoist.Hoist`), term contractions
+        run their path through it, so that steps on one side's operands alone are computed once
+        per block of examples.
+    """
+
+    records: list | None = None
+    hoist: Callable | None = None
 
 
-def contract(ops, out, memory_limit=None, **note) -> jnp.ndarray:
+def contract(ops, out, memory_limit=None, contraction: Contraction = Contraction(),
+             **note) -> jnp.ndarray:
     """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path``.
 
     ``note`` (what the contraction is, for plans) is recorded with the chosen path when
-    :data:`RECORD` is a list.
+    ``contraction.records`` is a list.
     """
     labels = [list(l) for l in ops[1::2]]
     sizes = {}
@@ -43,10 +54,11 @@ def contract(ops, out, memory_limit=None, **note) -> jnp.ndarray:
         sizes.update(zip(ls, arr.shape))
     itemsize = max(jnp.dtype(a.dtype).itemsize for a in ops[0::2])
     info = optimize(labels, list(out), sizes, itemsize=itemsize, memory_limit=memory_limit)
-    if RECORD is not None:
-        RECORD.append(dict(note, labels=labels, output=list(out), sizes=sizes, path=info))
-    if HOIST is not None and note.get("kind") == "term":
-        return HOIST(ops, list(out), list(info.path) or [(0,)], note["sides"])
+    if contraction.records is not None:
+        contraction.records.append(dict(note, labels=labels, output=list(out), sizes=sizes,
+                                        path=info))
+    if contraction.hoist is not None and note.get("kind") == "term":
+        return contraction.hoist(ops, list(out), list(info.path) or [(0,)], note["sides"])
     return jnp.einsum(*ops, list(out), optimize=list(info.path) or [(0,)])
 
 
@@ -153,11 +165,11 @@ def _multiplicity(spec, p_shape, present) -> int:
     )
 
 
-def _einsum_to(ops, labels, shapes_by_label, memory_limit=None):
+def _einsum_to(ops, labels, shapes_by_label, memory_limit, contraction: Contraction):
     """einsum to ``labels``, broadcasting any label that no operand carries."""
     present = _present(ops)
     kept = [l for l in labels if l in present]
-    out = contract(ops, kept, memory_limit, kind="gradient")
+    out = contract(ops, kept, memory_limit, contraction, kind="gradient")
     for i, l in enumerate(labels):
         if l not in present:
             out = jnp.expand_dims(out, i)
@@ -191,9 +203,11 @@ def _use_aval(analysis: Analysis, u):
 
 
 def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side, s2: Side,
-                  memory_limit=None, by_param: bool = False):
+                  memory_limit=None, by_param: bool = False,
+                  contraction: Contraction = Contraction()):
     """The kernel of output leaf ``k``: Σ over leaves and pairs of uses, traced and laid out
-    (with ``by_param``, a list of each parameter leaf's contribution instead of their sum)."""
+    (with ``by_param``, a list of each parameter leaf's contribution instead of their sum);
+    every einsum runs through :func:`contract` with ``contraction``."""
     out = _kernel_labels(axes)
     floating = [c for c in jax.tree.leaves(s1.cotangents[k]) if _is_float(c)]
     dtype = jnp.result_type(*floating) if floating else jnp.float32
@@ -229,11 +243,11 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
                                 primitives=(s1.analysis.uses[u1].primitive,
                                             s2.analysis.uses[u2].primitive),
                                 structure=(spec1[3], spec2[3]))
-                    term = contract(ops, out, memory_limit, **note)
+                    term = contract(ops, out, memory_limit, contraction, **note)
                     term = term * _multiplicity(spec1, p1.shape, present)
                 else:
                     term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out,
-                                          memory_limit, leaf)
+                                          memory_limit, leaf, contraction)
                 total = total + term.astype(total.dtype)
         per_leaf.append(total / axes.trace_size)
     if by_param:
@@ -241,7 +255,8 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
     return sum(per_leaf[1:], per_leaf[0]) if per_leaf else jnp.zeros(axes.kernel_shape, dtype)
 
 
-def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out, memory_limit, leaf):
+def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out, memory_limit, leaf,
+                   contraction):
     """Different chains to the same leaf: gradients in θ-space, then their inner product."""
     grads = []
     for side, u, v, no in ((s1, u1, v1, 1), (s2, u2, v2, 2)):
@@ -252,7 +267,7 @@ def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out, memory
         sizes = {l: s for l, s in zip(p_labels, p_aval.shape)}
         for arr, labels in zip(ops[0::2], ops[1::2]):
             sizes.update(zip(labels, arr.shape))
-        g = _einsum_to(ops, lead + p_labels, sizes, memory_limit)
+        g = _einsum_to(ops, lead + p_labels, sizes, memory_limit, contraction)
         chain = side.analysis.uses[u].chain
         leaf_aval = side.analysis.traced.tangent_vars[chain.leaf].aval
         grads.append((_pull_back(g, chain, leaf_aval, len(lead)), lead))
@@ -262,4 +277,5 @@ def _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out, memory
                 sides=[1, 2], primitives=(s1.analysis.uses[u1].primitive,
                                           s2.analysis.uses[u2].primitive),
                 structure=("gradient (chain differs)", "gradient (chain differs)"))
-    return contract([g1, lead1 + theta, g2, lead2 + theta], out, memory_limit, **note)
+    return contract([g1, lead1 + theta, g2, lead2 + theta], out, memory_limit, contraction,
+                    **note)
