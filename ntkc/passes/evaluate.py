@@ -19,8 +19,6 @@ from ntkc.ir import Form, identity_form
 from ntkc.passes.uses import Analysis
 from ntkc.rules import apply_linear, dense_forms, lookup
 
-_REPORTED: set[str] = set()
-
 
 class UnsupportedPrimitiveError(NotImplementedError):
     """Raised under ``strict=True`` for a parameter use that has no structured rule."""
@@ -32,13 +30,12 @@ def _fallback(name: str, strict: bool, why: str):
             f"primitive {name!r} has no structured rule ({why}) and strict=True; "
             "pass strict=False to use the dense fallback, or register a rule with ntkc.register_rule"
         )
-    if name not in _REPORTED:
-        _REPORTED.add(name)
-        warnings.warn(
-            f"ntkc: no structured rule for primitive {name!r} ({why}); using the dense Jacobian "
-            "of that equation (correct, slower)",
-            stacklevel=2,
-        )
+    # one message per primitive, from one place: Python's default filter shows it once
+    warnings.warn(
+        f"ntkc: no structured rule for primitive {name!r} ({why}); using the dense Jacobian "
+        "of that equation (correct, slower)",
+        stacklevel=2,
+    )
 
 
 def use_outvars(analysis: Analysis, u):
