@@ -194,16 +194,16 @@ class KernelFunction:
         if method == "auto" or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
-            req = self._request(config, args, jaxprs=(jaxpr1, jaxpr2))
+            cost_model = self._cost_model(config, args, jaxprs=(jaxpr1, jaxpr2))
             if method == "auto":
-                resolved = _auto.resolve(req, config)
+                resolved = _auto.resolve(cost_model, config)
                 if resolved is None:
                     raise _split.NoFit(config, "no method's estimated working set fits")
                 config = resolved
             else:
-                assignment = config.leaf_methods or (config.method,) * len(req.leaf_sizes)
-                peak = req.peak(assignment)
-                if "structured" in assignment and req.terms is None:
+                assignment = config.leaf_methods or (config.method,) * len(cost_model.leaf_sizes)
+                peak = cost_model.peak(assignment)
+                if "structured" in assignment and cost_model.terms is None:
                     raise _split.NoFit(config, "no contraction order of the structured method "
                                        "fits for the whole batch")
                 if peak > self.memory_limit:
@@ -220,8 +220,8 @@ class KernelFunction:
             return
         args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                 split_static(kwargs2, "kwargs")[0])
-        req = self._request(config, args, jaxprs=(jaxpr1, jaxpr2))
-        peak = req.peak(("structured",) * len(req.leaf_sizes))
+        cost_model = self._cost_model(config, args, jaxprs=(jaxpr1, jaxpr2))
+        peak = cost_model.peak(("structured",) * len(cost_model.leaf_sizes))
         if peak > available:
             raise PathMemoryError(
                 f"method='structured' needs about {peak / 2**30:.3g} GiB for these inputs "
@@ -374,14 +374,16 @@ class KernelFunction:
             self._records[key] = records
         return self._records[key]
 
-    def _request(self, config: Config, args, warn: bool = True, jaxprs=(None, None)):
-        """The cost model's view (``ntkc.passes.assign.Request``) of ``args`` under ``config``
-        (``jaxprs``: f's jaxprs for x1 and x2, when the caller traced them already)."""
+    def _cost_model(self, config: Config, args, warn: bool = True, jaxprs=(None, None)):
+        """The estimates' inputs (``ntkc.passes.assign.CostModel``) for ``args`` under
+        ``config`` (``jaxprs``: f's jaxprs for x1 and x2, when the caller traced them already)."""
         x1, x2, params, dyn1, dyn2 = args
-        return _auto.request(self.f, config, params, x1, x1 if x2 is None else x2,
-                             merge_kwargs(config.static_kwargs1, dyn1),
-                             merge_kwargs(config.static_kwargs2, dyn2),
-                             self._structured_records(config, args, warn), jaxprs)
+        return _auto.cost_model(self.f, config, params, x1, x1 if x2 is None else x2,
+                                merge_kwargs(config.static_kwargs1, dyn1),
+                                merge_kwargs(config.static_kwargs2, dyn2),
+                                self._structured_records(config, args, warn), jaxprs)
+
+    _request = _cost_model  # the old name, which bench/paper.py still calls
 
     def __call__(self, x1, x2, params, **kwargs):
         config, args = self.prepare(x1, x2, params, **kwargs)
@@ -421,7 +423,7 @@ def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
     options.pop("method", None)
     kfn = KernelFunction(f, method="jacobian", **options)
     config, args = kfn.prepare(x1, x2, params, **kwargs)
-    return _auto.method_costs(kfn._request(config, args, warn=False))
+    return _auto.method_costs(kfn._cost_model(config, args, warn=False))
 
 
 def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
@@ -471,18 +473,19 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     if records is None:  # raise the structured method's own error
         records = _plan.record(
             lambda c: jax.eval_shape(functools.partial(_compute, f, config=c), *args), config)
-    req = kfn._request(config, args)
+    cost_model = kfn._cost_model(config, args)
     outputs = jax.tree_util.tree_unflatten(config.out_treedef, [0] * config.out_treedef.num_leaves)
     output_names = [jax.tree_util.keystr(p) or "output"
                     for p, _ in jax.tree_util.tree_flatten_with_path(outputs)[0]]
     leaf_names = [jax.tree_util.keystr(p) or "params"
                   for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     leaf_methods = chosen.leaf_methods or (chosen.method,) * len(leaf_names)
-    fallbacks = _auto.dense_fallbacks(records, (req.examples1, req.examples2), config.x2_is_x1,
-                                      req.itemsize)
-    return _plan.build_plan(records, _auto.cotangent_cost(req), chosen.method + blocks + chunks,
+    fallbacks = _auto.dense_fallbacks(records, (cost_model.examples1, cost_model.examples2),
+                                      config.x2_is_x1, cost_model.itemsize)
+    return _plan.build_plan(records, _auto.cotangent_cost(cost_model),
+                            chosen.method + blocks + chunks,
                             [a.kernel_shape for a in config.axes], output_names, leaf_names,
-                            dict(zip(leaf_names, leaf_methods)), _auto.method_costs(req),
+                            dict(zip(leaf_names, leaf_methods)), _auto.method_costs(cost_model),
                             fallbacks)
 
 

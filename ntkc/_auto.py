@@ -18,7 +18,7 @@ from ntkc import _compat
 from ntkc._problem import Config
 from ntkc.ir import Fallback
 from ntkc.passes import capability
-from ntkc.passes.assign import LinearMap, OutputShape, Request, assign
+from ntkc.passes.assign import CostModel, LinearMap, OutputShape, assign
 from ntkc.passes.cost import Cost, eqn_flops, eqn_values, jaxpr_flops
 from ntkc.passes.path import PathMemoryError
 
@@ -34,9 +34,9 @@ def _forward_flops(f, config: Config, params, x1, x2, kwargs1, kwargs2, jaxprs=(
     return flops1, flops1 if config.x2_is_x1 else flops(jaxprs[1], x2, kwargs2)
 
 
-def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
-            jaxprs=(None, None)) -> Request:
-    """The cost model's view of a request; ``records`` are the structured plan's (or None);
+def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
+               jaxprs=(None, None)) -> CostModel:
+    """The estimates' inputs for one call; ``records`` are the structured plan's (or None);
     ``jaxprs``: f's closed jaxprs for x1 and x2 where already traced."""
     b = config.batching
     n1, n2 = (b.size1, b.size2) if b is not None else (1, 1)
@@ -68,9 +68,9 @@ def request(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
                             + max((d.bytes for d in dense), default=0.0))
     linear = (LinearMap.from_analysis(analyses[0]) if analyses
               else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1))
-    return Request(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
-                   linear, terms, itemsize, structured_bytes,
-                   _unavailable(f, params, x1, kwargs1, jaxprs[0], records is not None))
+    return CostModel(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
+                     linear, terms, itemsize, structured_bytes,
+                     _unavailable(f, params, x1, kwargs1, jaxprs[0], records is not None))
 
 
 def _unavailable(f, params, x1, kwargs1, jaxpr, structured: bool) -> frozenset:
@@ -188,10 +188,10 @@ def record_structured(trace, config: Config, warn: bool = True):
         return None
 
 
-def resolve(req: Request, config: Config) -> Config | None:
+def resolve(cost_model: CostModel, config: Config) -> Config | None:
     """``config`` with ``method="auto"`` resolved: one method, or ``"mixed"`` per leaf; None
     when nothing fits ``config.memory_limit``."""
-    leaf_methods = assign(req, config.memory_limit)
+    leaf_methods = assign(cost_model, config.memory_limit)
     if leaf_methods is None:
         return None
     if len(set(leaf_methods)) == 1:
@@ -199,17 +199,18 @@ def resolve(req: Request, config: Config) -> Config | None:
     return dataclasses.replace(config, method="mixed", leaf_methods=leaf_methods)
 
 
-def method_costs(req: Request) -> dict[str, float]:
+def method_costs(cost_model: CostModel) -> dict[str, float]:
     """Estimated FLOPs of each method alone (all leaves), and of the mixed plan when it differs."""
-    everything = range(len(req.leaf_sizes))
-    costs = {m: req.group_cost(m, everything) for m in req.methods}
-    leaf_methods = assign(req)
+    everything = range(len(cost_model.leaf_sizes))
+    costs = {m: cost_model.group_cost(m, everything) for m in cost_model.methods}
+    leaf_methods = assign(cost_model)
     if len(set(leaf_methods)) > 1:
-        costs["mixed"] = req.cost(leaf_methods)
+        costs["mixed"] = cost_model.cost(leaf_methods)
     return costs
 
 
-def cotangent_cost(req: Request) -> Cost:
+def cotangent_cost(cost_model: CostModel) -> Cost:
     """The structured method's passes (primal and cotangents of every use), without its terms."""
-    everything = range(len(req.leaf_sizes))
-    return Cost(flops=req.group_cost("structured", everything) - sum(req.terms or ()))
+    everything = range(len(cost_model.leaf_sizes))
+    return Cost(flops=cost_model.group_cost("structured", everything)
+                - sum(cost_model.terms or ()))

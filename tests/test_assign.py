@@ -1,7 +1,7 @@
 """Per-leaf method choice (:mod:`ntkc.passes.assign`, ``method="auto"``, ``method=`` pytrees).
 
 * ``LinearMap`` reads which equations each leaf's tangent reaches and which are its uses;
-* ``Request.group_cost`` follows its formulas exactly on a hand-built request;
+* ``CostModel.group_cost`` follows its formulas exactly on a hand-built cost model;
 * ``assign`` keeps one method unless a mix is clearly cheaper, and finds the mix when it is;
 * on an RNN with a wide dense head, auto mixes (jacobian for the recurrent weights, whose scan
   has no structured rule; structured for the head) and equals the float64 reference;
@@ -25,7 +25,7 @@ from ntkc import _auto, pipeline
 import ntkc.rules
 from ntkc._api import estimate_methods
 from ntkc.passes import assign
-from ntkc.passes.assign import LinearMap, OutputShape, Request
+from ntkc.passes.assign import CostModel, LinearMap, OutputShape
 from ntkc.testing import reference_ntk
 
 R = np.random.default_rng(0)
@@ -70,7 +70,7 @@ def test_conv_uses_carry_the_weight_gradient_correction():
 
 
 # --------------------------------------------------------------------------------------------
-# Request.group_cost: the formulas on a hand-built request
+# CostModel.group_cost: the formulas on a hand-built cost model
 
 
 def hand_request(same_inputs=False, pairs_all=True):
@@ -80,8 +80,8 @@ def hand_request(same_inputs=False, pairs_all=True):
                     uses=np.array([[1, 0, 0], [0, 0, 1]], bool),
                     slow=np.array([5.0, 0.0, 0.0]))
     out = OutputShape(size1=6, size2=4, contraction=7, pairs_all=pairs_all)
-    return Request((out,), examples1=3, examples2=2, forward1=100.0, forward2=200.0,
-                   same_inputs=same_inputs, leaf_sizes=(11, 13), linear=lin, terms=(50.0, 60.0))
+    return CostModel((out,), examples1=3, examples2=2, forward1=100.0, forward2=200.0,
+                     same_inputs=same_inputs, leaf_sizes=(11, 13), linear=lin, terms=(50.0, 60.0))
 
 
 def test_group_costs_follow_the_formulas():
@@ -121,7 +121,7 @@ def synthetic(terms, reach_flops):
     lin = LinearMap(np.asarray(reach_flops, float), np.eye(n, dtype=bool), np.eye(n, dtype=bool),
                     np.zeros(n))
     out = OutputShape(size1=10, size2=10, contraction=1, pairs_all=True)
-    return Request((out,), 1, 1, 1.0, 1.0, True, (1,) * n, lin, tuple(terms))
+    return CostModel((out,), 1, 1, 1.0, 1.0, True, (1,) * n, lin, tuple(terms))
 
 
 def test_assign_mixes_when_one_leaf_is_expensive_for_structured_only():
@@ -142,7 +142,7 @@ def test_assign_keeps_structured_unless_another_is_clearly_cheaper():
     out = OutputShape(1, 1, 1, True)
 
     def request(terms):  # ten x1 examples make ntvp the dearest
-        return Request((out,), 10, 1, 0.0, 0.0, True, (1,), lin, terms)
+        return CostModel((out,), 10, 1, 0.0, 0.0, True, (1,), lin, terms)
 
     near = request((2.5,))
     assert near.group_cost("jacobian", [0]) < near.group_cost("structured", [0])
@@ -245,8 +245,8 @@ def test_repeated_side_steps_are_free_when_x2_is_x1():
     assert all(0 <= c < r["path"].cost.flops for c, r in zip(repeated, terms))
     swapped = [dict(r, uses=(r["uses"][0], r["uses"][0] + 1)) for r in terms]
     assert all(_auto._repeated_side_flops(r) == 0 for r in swapped)
-    req_same = _auto.request(f, ntkc.ntk_fn(f, (), vmap_axes=0).prepare(x, None, params)[0],
-                             params, x, x, {}, {}, plan.records)
+    req_same = _auto.cost_model(f, ntkc.ntk_fn(f, (), vmap_axes=0).prepare(x, None, params)[0],
+                                params, x, x, {}, {}, plan.records)
     full = tuple(sum(r["path"].cost.flops for r in terms if r["param_leaf"] == i) for i in range(2))
     assert all(a <= b for a, b in zip(req_same.terms, full))
 

@@ -37,7 +37,7 @@ def structured_estimate(f, params, x):
     config and arguments)."""
     kfn = ntkc.ntk_fn(f, vmap_axes=0, method="structured")
     config, args = kfn.prepare(x, None, params)
-    return kfn._request(config, args).peak(("structured",) * 3), kfn, config, args
+    return kfn._cost_model(config, args).peak(("structured",) * 3), kfn, config, args
 
 
 def test_the_dense_fallbacks_estimate_follows_xlas_memory_analysis():

@@ -27,7 +27,7 @@ def f(p, x):
 def peak(kfn, x1, x2):
     """The planner's working-set estimate of the method the kernel function resolved to."""
     config, args = kfn.prepare(x1, x2, PARAMS)
-    req = kfn._request(config, args)
+    req = kfn._cost_model(config, args)
     return req.peak(config.leaf_methods or (config.method,) * len(req.leaf_sizes))
 
 

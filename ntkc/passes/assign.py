@@ -133,8 +133,8 @@ class OutputShape:
 
 
 @dataclasses.dataclass(frozen=True)
-class Request:
-    """Everything the per-leaf costs depend on.
+class CostModel:
+    """Everything the per-leaf estimates depend on, for one call of a kernel function.
 
     Attributes:
       outputs: one :class:`OutputShape` per output leaf.
@@ -224,7 +224,7 @@ class Request:
                    for m in METHODS)
 
 
-def assign(request: Request, memory_limit: float | None = None) -> tuple[str, ...] | None:
+def assign(cost_model: CostModel, memory_limit: float | None = None) -> tuple[str, ...] | None:
     """The per-leaf assignment: one method for all leaves unless a mix found by local search
     (from every single-method plan) is below :data:`MIXING_MARGIN` of it.
 
@@ -232,10 +232,10 @@ def assign(request: Request, memory_limit: float | None = None) -> tuple[str, ..
     :data:`SWITCH_MARGIN` of it. With ``memory_limit`` only assignments whose estimated working
     set fits are considered; None when none does.
     """
-    n = len(request.leaf_sizes)
-    methods = request.methods
-    fits = lambda a: memory_limit is None or request.peak(a) <= memory_limit
-    single = {m: request.cost([m] * n) for m in methods if fits([m] * n)}
+    n = len(cost_model.leaf_sizes)
+    methods = cost_model.methods
+    fits = lambda a: memory_limit is None or cost_model.peak(a) <= memory_limit
+    single = {m: cost_model.cost([m] * n) for m in methods if fits([m] * n)}
     best, best_cost = None, float("inf")
     if single:
         chosen = min(single, key=single.get)
@@ -243,7 +243,7 @@ def assign(request: Request, memory_limit: float | None = None) -> tuple[str, ..
             chosen = "structured"
         best, best_cost = (chosen,) * n, MIXING_MARGIN * single[chosen]
     for start in methods:
-        current, cost = [start] * n, request.cost([start] * n)
+        current, cost = [start] * n, cost_model.cost([start] * n)
         if not fits(current):
             continue
         improved = True
@@ -254,7 +254,7 @@ def assign(request: Request, memory_limit: float | None = None) -> tuple[str, ..
                     if m == current[i]:
                         continue
                     trial = current[:i] + [m] + current[i + 1:]
-                    c = request.cost(trial)
+                    c = cost_model.cost(trial)
                     if c < cost * (1 - 1e-9) and fits(trial):
                         current, cost, improved = trial, c, True
         if len(set(current)) > 1 and cost < best_cost:
