@@ -12,7 +12,7 @@ from ntkc.empirical import empirical_kernel_fn, empirical_nngp_fn
 from ntkc.taylor import linearize, taylor_expand
 from ntkc.pntk import pseudo_ntk_fn
 from ntkc.spectrum import condition_number, ntk_eigenvalues
-from ntkc.ir import Form, OneHot, Plan, Term
+from ntkc.ir import Form, OneHot, Plan, Split, Term
 from ntkc.passes.cost import Cost
 from ntkc.passes.evaluate import UnsupportedPrimitiveError
 from ntkc.passes.path import PathMemoryError
@@ -32,6 +32,7 @@ __all__ = [
     "OneHot",
     "PathMemoryError",
     "Plan",
+    "Split",
     "Term",
     "UnsupportedPrimitiveError",
     "compile",

@@ -22,7 +22,7 @@ from ntkc._args import (METHODS, check_example_outputs, check_independent_exampl
                         split_kwargs)
 from ntkc._axes import make_kernel_axes
 from ntkc._problem import Config, Problem, merge_kwargs, split_static
-from ntkc.ir import Plan
+from ntkc.ir import Plan, Split
 from ntkc.passes.path import PathMemoryError
 from ntkc.methods import jacobian, mixed, ntvp
 
@@ -433,7 +433,9 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
 
     Traces abstractly (no compilation). Arguments are those of :func:`ntk_fn` and of its kernel
     function; ``kwargs`` are ``f``'s keyword arguments. ``plan.method`` is the method the kernel
-    function would use (``method="auto"`` resolved); the terms are always the structured ones.
+    function would use (``method="auto"`` resolved), ``plan.split`` how it divides a call that
+    does not fit ``memory_limit`` (each part runs the plan); the terms are always the
+    structured ones.
 
     Example:
       >>> import jax.numpy as jnp, ntkc
@@ -449,23 +451,22 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
                    strict=strict)
     kfn = KernelFunction(f, method=method, memory_limit=memory_limit, **options)
     chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
-    chunks = ""
+    chunks = None
     if chosen.chunk:  # the plan of one chunk of outputs: what each call of the split kernel runs
         axis, size = chosen.chunk
-        chunks = (f" in chunks of {size} of the {chosen.axes[0].shape1[axis]} outputs along "
-                  f"output axis {axis}")
+        chunks = (axis, size, chosen.axes[0].shape1[axis])
         kfn = kfn._chunk_fn(axis, size)
         f, options["vmap_axes"] = kfn.f, kfn.vmap_axes
         x1 = (x1, _split.output_start(0))
         x2 = None if x2 is None else (x2, _split.output_start(0))
         chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
-    blocks = ""
+    blocks = None
     if chosen.block:  # the plan of one block: what each call of the split kernel runs
         axes, size = chosen.batching.inputs, chosen.block
         x2 = None if x2 is None else _split.take(x2, kwargs, axes, 0, size)[0]
         x1, kwargs = _split.take(x1, kwargs, axes, 0, size)
         chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
-        blocks = f" in blocks of {chosen.batching.size1} examples"
+        blocks = chosen.batching.size1
     config, args = KernelFunction(f, method="structured", _check_memory=False,
                                   **options).prepare(x1, x2, params, **kwargs)
     config = dataclasses.replace(config, memory_limit=memory_limit)
@@ -482,11 +483,11 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     leaf_methods = chosen.leaf_methods or (chosen.method,) * len(leaf_names)
     fallbacks = _auto.dense_fallbacks(records, (cost_model.examples1, cost_model.examples2),
                                       config.x2_is_x1, cost_model.itemsize)
-    return _plan.build_plan(records, _auto.cotangent_cost(cost_model),
-                            chosen.method + blocks + chunks,
+    split = Split(blocks, chunks) if blocks or chunks else None
+    return _plan.build_plan(records, _auto.cotangent_cost(cost_model), chosen.method,
                             [a.kernel_shape for a in config.axes], output_names, leaf_names,
                             dict(zip(leaf_names, leaf_methods)), _auto.method_costs(cost_model),
-                            fallbacks)
+                            fallbacks, split)
 
 
 def empirical_ntk_fn(

@@ -57,7 +57,7 @@ def _path_str(tree) -> str:
 
 
 def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_names, leaf_names,
-               leaf_methods: dict, method_costs: dict, fallbacks=()):
+               leaf_methods: dict, method_costs: dict, fallbacks=(), split=None):
     terms = []
     for r in records:
         if r.get("kind") != "term":
@@ -78,7 +78,7 @@ def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_nam
         ))
     fallbacks = tuple(dataclasses.replace(f, leaf=leaf_names[f.leaf]) for f in fallbacks)
     return Plan(tuple(terms), cotangents, method, tuple(kernel_shapes), tuple(records),
-                leaf_methods, method_costs, fallbacks)
+                leaf_methods, method_costs, fallbacks, split)
 
 
 def record(trace: Callable[[Config], Any], config: Config) -> list:
@@ -102,7 +102,9 @@ def format_plan(plan: Plan) -> str:
                      t.method, t.einsum, t.order, _fmt(t.cost.flops), _fmt(t.cost.peak)))
     widths = [min(max(len(str(r[i])) for r in rows), 48) for i in range(len(header))]
     clip = lambda s, w: s if len(s) <= w else s[: w - 1] + "…"
-    lines = [f"Plan: method={plan.method}, kernels {', '.join(map(str, plan.kernel_shapes))}"]
+    split = f" {plan.split}" if plan.split else ""
+    lines = [f"Plan: method={plan.method}{split}, kernels "
+             f"{', '.join(map(str, plan.kernel_shapes))}"]
     for i, r in enumerate(rows):
         lines.append("  ".join(clip(str(c), w).ljust(w) for c, w in zip(r, widths)).rstrip())
         if i == 0:

@@ -160,13 +160,38 @@ class Fallback:
 
 
 @dataclasses.dataclass(frozen=True)
+class Split:
+    """How the kernel function divides a call whose working set does not fit ``memory_limit``;
+    each part runs the plan.
+
+    Attributes:
+      examples: examples per block of each side, or None.
+      outputs: ``(axis, size, total)``: chunks of ``size`` of the ``total`` outputs along output
+        axis ``axis``, or None.
+    """
+
+    examples: int | None = None
+    outputs: tuple[int, int, int] | None = None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.examples:
+            parts.append(f"in blocks of {self.examples} examples")
+        if self.outputs:
+            axis, size, total = self.outputs
+            parts.append(f"in chunks of {size} of the {total} outputs along output axis {axis}")
+        return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """What ``method="structured"`` will run for given inputs, before emission.
 
     Attributes:
       terms: one :class:`Term` per contraction.
       cotangents: estimated cost of the cotangent passes (∂f/∂y of every use, per output basis).
-      method: the method the kernel function uses for these inputs.
+      method: the name of the registered method the kernel function uses for these inputs
+        (``"auto"`` resolved; ``"mixed"`` for a per-leaf mix), whether or not it is split.
       kernel_shapes: shapes of the kernels, one per output leaf.
       records: the raw contraction records (labels, sizes, paths), for tools.
       leaf_methods: per parameter leaf (its pytree path), the method that computes its part:
@@ -174,6 +199,8 @@ class Plan:
       method_costs: the estimated FLOPs of each method alone (and of the mix) that
         ``method="auto"`` compared.
       fallbacks: every use that takes the dense rule (:class:`Fallback`), with its cost.
+      split: how a call that does not fit ``memory_limit`` is divided (:class:`Split`), or
+        None when it runs whole.
     """
 
     terms: tuple
@@ -184,6 +211,7 @@ class Plan:
     leaf_methods: dict = dataclasses.field(default_factory=dict, compare=False)
     method_costs: dict = dataclasses.field(default_factory=dict, compare=False)
     fallbacks: tuple = ()
+    split: Split | None = None
 
     @property
     def cost(self):

@@ -120,5 +120,5 @@ def test_structured_unbatched_inputs_that_differ_between_the_sides():
 
 def test_plan_names_the_output_chunks():
     plan = ntkc.plan(f, X1, X2, P, trace_axes=(), vmap_axes=0, memory_limit=8192)
-    assert plan.method.endswith("in chunks of 6 of the 12 outputs along output axis 1")
+    assert str(plan.split).endswith("in chunks of 6 of the 12 outputs along output axis 1")
     assert plan.terms

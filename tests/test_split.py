@@ -54,7 +54,7 @@ def test_the_block_fits_and_the_whole_batch_does_not():
     assert peak(free, X1[:2 * block], X2[:2 * block]) > LIMIT  # the largest halving that fits
     plan = ntkc.plan(f, X1, X2, PARAMS, trace_axes=(), vmap_axes=0, method="jacobian",
                      memory_limit=LIMIT)
-    assert plan.method == f"jacobian in blocks of {block} examples"
+    assert plan.method == "jacobian" and str(plan.split) == f"in blocks of {block} examples"
 
 
 def test_pytree_outputs_by_param_and_batched_kwargs():
