@@ -2,7 +2,7 @@
 
 from ntkc import testing
 from ntkc._args import FlaxCollectionsWarning
-from ntkc._api import METHODS, KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
+from ntkc._api import KernelFunction, NtkImplementation, empirical_ntk_fn, ntk_fn, plan
 from ntkc._compile import Compiled, compile, load
 from ntkc._gram import gram
 from ntkc.gram_store import GramArray, open_gram
@@ -13,6 +13,7 @@ from ntkc.taylor import linearize, taylor_expand
 from ntkc.pntk import pseudo_ntk_fn
 from ntkc.spectrum import condition_number, ntk_eigenvalues
 from ntkc.ir import Form, OneHot, Plan, Split, Term
+from ntkc.methods import registry as _methods
 from ntkc.passes.cost import Cost
 from ntkc.passes.evaluate import UnsupportedPrimitiveError
 from ntkc.passes.path import PathMemoryError
@@ -55,3 +56,11 @@ __all__ = [
     "pseudo_ntk_fn",
     "taylor_expand",
 ]
+
+
+def __getattr__(name):
+    # ntkc.METHODS, the names method= accepts, is read from the method registry on each access,
+    # so that it lists a method registered after import too.
+    if name == "METHODS":
+        return _methods.names()
+    raise AttributeError(f"module 'ntkc' has no attribute {name!r}")

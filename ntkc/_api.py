@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import jax
 
-from ntkc import _auto, _compat, _plan, _split, pipeline
-from ntkc._args import (METHODS, check_example_outputs, check_independent_examples,  # noqa: F401
+from ntkc import _auto, _compat, _plan, _split
+from ntkc._args import (check_example_outputs, check_independent_examples,
                         check_bytes, check_inputs, check_mapping, check_method,
                         check_params, kernel_dtype,
                         output_shapes, per_leaf_methods, read_keys, resolve_batching, signature,
@@ -24,15 +24,7 @@ from ntkc._axes import make_kernel_axes
 from ntkc._problem import Config, Problem, merge_kwargs, split_static
 from ntkc.ir import Plan, Split
 from ntkc.passes.path import PathMemoryError
-from ntkc.methods import jacobian, mixed, ntvp
-
-
-_KERNELS: dict[str, Callable[[Problem], list]] = {
-    "jacobian": jacobian.kernel,
-    "ntvp": ntvp.kernel,
-    "structured": pipeline.kernel,
-}
-_KERNELS["mixed"] = lambda prob: mixed.kernel(prob, _KERNELS)
+from ntkc.methods import jacobian, ntvp, registry, structured
 
 
 class NtkImplementation(enum.IntEnum):
@@ -45,10 +37,10 @@ class NtkImplementation(enum.IntEnum):
 
 
 _IMPLEMENTATION_METHOD = {
-    NtkImplementation.AUTO: "auto",
-    NtkImplementation.JACOBIAN_CONTRACTION: "jacobian",
-    NtkImplementation.NTK_VECTOR_PRODUCTS: "ntvp",
-    NtkImplementation.STRUCTURED_DERIVATIVES: "structured",
+    NtkImplementation.AUTO: registry.AUTO,
+    NtkImplementation.JACOBIAN_CONTRACTION: jacobian.NAME,
+    NtkImplementation.NTK_VECTOR_PRODUCTS: ntvp.NAME,
+    NtkImplementation.STRUCTURED_DERIVATIVES: structured.NAME,
 }
 
 
@@ -62,7 +54,7 @@ def _compute(f, x1, x2, params, dyn1, dyn2, config: Config):
         key1, key2 = read_keys(kwargs1["rng"], kwargs2["rng"], config.read_rng == "pair", x1, x2)
         kwargs1, kwargs2 = {**kwargs1, "rng": key1}, {**kwargs2, "rng": key2}
     prob = Problem(f, x1, x1 if config.x2_is_x1 else x2, params, kwargs1, kwargs2, config)
-    leaves = _KERNELS[config.method](prob)
+    leaves = registry.get(config.method).kernel(prob)
     if config.dtypes:  # one dtype whatever the method (jacobian's follows params', others' f's)
         leaves = [jax.tree.map(lambda k, d=d: k.astype(d), leaf)
                   for leaf, d in zip(leaves, config.dtypes)]
@@ -92,7 +84,9 @@ def ntk_fn(
       vmap_axes: ``None`` (the batch is one example), an int (the batch axis of inputs and
         outputs), or ``(in_axes, out_axes, kwargs_axes)``: certifies that examples do not
         interact, so that Jacobians are computed per example.
-      method: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"``.
+      method: a name in ``ntkc.METHODS``: ``"auto"`` (the planner chooses, per parameter
+        leaf), or a registered method (built in: ``"structured"``, ``"jacobian"``,
+        ``"ntvp"``); or a pytree of method names, a prefix of params: a method per leaf.
       strict: raise instead of falling back to a dense rule for a primitive with no rule.
       memory_limit: bytes the program's working set may take (estimated from shapes: the
         per-example Jacobians, the VJPs, or the structured operands and largest step; the
@@ -189,13 +183,13 @@ class KernelFunction:
         )
         if not isinstance(method, str):
             config = per_leaf_methods(config, method, params)
-        if method == "structured" and self.memory_limit is None and self._check_memory:
+        if method == structured.NAME and self.memory_limit is None and self._check_memory:
             self._check_device_memory(config, x1, x2, params, kwargs1, kwargs2, jaxpr1, jaxpr2)
-        if method == "auto" or self.memory_limit is not None:
+        if method == registry.AUTO or self.memory_limit is not None:
             args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                     split_static(kwargs2, "kwargs")[0])
             cost_model = self._cost_model(config, args, jaxprs=(jaxpr1, jaxpr2))
-            if method == "auto":
+            if method == registry.AUTO:
                 resolved = _auto.resolve(cost_model, config)
                 if resolved is None:
                     raise _split.NoFit(config, "no method's estimated working set fits")
@@ -203,7 +197,8 @@ class KernelFunction:
             else:
                 assignment = config.leaf_methods or (config.method,) * len(cost_model.leaf_sizes)
                 peak = cost_model.peak(assignment)
-                if "structured" in assignment and cost_model.terms is None:
+                if cost_model.terms is None and any(registry.get(m).needs_plan
+                                                    for m in assignment):
                     raise _split.NoFit(config, "no contraction order of the structured method "
                                        "fits for the whole batch")
                 if peak > self.memory_limit:
@@ -221,7 +216,7 @@ class KernelFunction:
         args = (x1, x2, params, split_static(kwargs1, "kwargs")[0],
                 split_static(kwargs2, "kwargs")[0])
         cost_model = self._cost_model(config, args, jaxprs=(jaxpr1, jaxpr2))
-        peak = cost_model.peak(("structured",) * len(cost_model.leaf_sizes))
+        peak = cost_model.peak((structured.NAME,) * len(cost_model.leaf_sizes))
         if peak > available:
             raise PathMemoryError(
                 f"method='structured' needs about {peak / 2**30:.3g} GiB for these inputs "
@@ -358,19 +353,19 @@ class KernelFunction:
         resolves to ``structured`` the kernel's own call finds that trace in jit's cache
         instead of tracing the whole structured program a second time.
         """
-        structured = dataclasses.replace(config, method="structured", leaf_methods=None,
-                                         block=None, read_rng=None)
-        key = (signature(args), structured)
+        planned = dataclasses.replace(config, method=structured.NAME, leaf_methods=None,
+                                      block=None, read_rng=None)
+        key = (signature(args), planned)
         if key not in self._records:
-            jitted = self._jit(structured, args)
+            jitted = self._jit(planned, args)
             # jit's own trace (of tracers: an abstract evaluation), which its call then reuses
             run = ((lambda c: jax.eval_shape(functools.partial(jitted, config=c), *args))
                    if _compat.is_traced(args) else (lambda c: jitted.trace(*args, config=c)))
-            records = _auto.record_structured(run, structured, warn)
+            records = _auto.record_structured(run, planned, warn)
             if records is not None and not records:  # jit had the trace cached: trace again
                 records = _auto.record_structured(
                     lambda c: jax.eval_shape(functools.partial(_compute, self.f, config=c), *args),
-                    structured, warn)
+                    planned, warn)
             self._records[key] = records
         return self._records[key]
 
@@ -421,7 +416,7 @@ def estimate_methods(f, x1, x2, params, **options) -> dict[str, float]:
     """
     kwargs = dict(options.pop("kwargs", None) or {})
     options.pop("method", None)
-    kfn = KernelFunction(f, method="jacobian", **options)
+    kfn = KernelFunction(f, method=jacobian.NAME, **options)
     config, args = kfn.prepare(x1, x2, params, **kwargs)
     return _auto.method_costs(kfn._cost_model(config, args, warn=False))
 
@@ -467,7 +462,7 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
         x1, kwargs = _split.take(x1, kwargs, axes, 0, size)
         chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
         blocks = chosen.batching.size1
-    config, args = KernelFunction(f, method="structured", _check_memory=False,
+    config, args = KernelFunction(f, method=structured.NAME, _check_memory=False,
                                   **options).prepare(x1, x2, params, **kwargs)
     config = dataclasses.replace(config, memory_limit=memory_limit)
     records = kfn._structured_records(config, args, warn=False)

@@ -16,25 +16,24 @@ import numpy as np
 
 from ntkc import _compat
 from ntkc._problem import Batching, Config
+from ntkc.methods import mixed, registry
 from ntkc.passes.independence import check_independent, perturbation_probe
 from ntkc.rules.example_axes import Axis
 
-METHODS = ("auto", "structured", "jacobian", "ntvp")
-
 
 def check_method(method):
-    """A method name, or a pytree of names that is a prefix of params (a method per leaf)."""
+    """A method name (``ntkc.METHODS``), or a pytree of per-leaf method names that is a prefix
+    of params (a method per leaf)."""
     if isinstance(method, str):
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
-        return method
+        return registry.check_name(method)
     leaves = jax.tree.leaves(method)
     if not leaves:
         raise ValueError(f"method={method!r}: a pytree of methods needs at least one leaf")
+    choices = registry.per_leaf_names()
     for m in leaves:
-        if m not in METHODS[1:]:
+        if m not in choices:
             raise ValueError(f"method: a per-leaf method must be one of "
-                             f"{', '.join(map(repr, METHODS[1:]))}, got {m!r}")
+                             f"{', '.join(map(repr, choices))}, got {m!r}")
     return method
 
 
@@ -49,7 +48,7 @@ def per_leaf_methods(config: Config, method, params) -> Config:
     per_leaf = tuple(m for m, sub in zip(names, subtrees) for _ in jax.tree.leaves(sub))
     if len(set(per_leaf)) == 1:
         return dataclasses.replace(config, method=per_leaf[0])
-    return dataclasses.replace(config, method="mixed", leaf_methods=per_leaf)
+    return dataclasses.replace(config, method=mixed.NAME, leaf_methods=per_leaf)
 
 
 def _describe(tree) -> str:

@@ -17,6 +17,7 @@ from ntkc._args import leaf_dtype
 from ntkc import _compat
 from ntkc._problem import Config
 from ntkc.ir import Fallback
+from ntkc.methods import mixed, registry, structured
 from ntkc.passes import capability
 from ntkc.passes.assign import CostModel, LinearMap, OutputShape, assign
 from ntkc.passes.cost import Cost, eqn_flops, eqn_values, jaxpr_flops
@@ -73,7 +74,7 @@ def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
                      _unavailable(f, params, x1, kwargs1, jaxprs[0], records is not None))
 
 
-def _unavailable(f, params, x1, kwargs1, jaxpr, structured: bool) -> frozenset:
+def _unavailable(f, params, x1, kwargs1, jaxpr, planned: bool) -> frozenset:
     """The methods that cannot run ``f`` (read from its jaxpr, not by trying them): those that
     reverse every loop, where a while loop's carry depends on the parameters. Raises
     :class:`~ntkc.passes.capability.ReverseModeError` when no method is left."""
@@ -82,10 +83,11 @@ def _unavailable(f, params, x1, kwargs1, jaxpr, structured: bool) -> frozenset:
     loops = capability.while_loops(jaxpr, len(jax.tree.leaves(params)))
     if not loops:
         return frozenset()
-    if not structured:
-        raise capability.error(loops, "method='auto' (jacobian and ntvp; the structured method "
-                                      "could not be planned)")
-    return frozenset(capability.THROUGH_EVERY_LOOP)
+    blocked = [m.name for m in registry.per_leaf_methods() if m.reverses_every_loop]
+    if not planned:
+        raise capability.error(loops, f"method='auto' ({' and '.join(blocked)}; the structured "
+                                      "method could not be planned)")
+    return frozenset(blocked)
 
 
 def _structured_bytes(records, itemsize, same_inputs) -> float:
@@ -174,9 +176,9 @@ def record_structured(trace, config: Config, warn: bool = True):
     """The structured plan's records, or None when it cannot be planned (with a warning, unless
     no contraction order fits ``memory_limit``). ``trace(config)`` traces the kernel program
     abstractly under ``config``."""
-    structured = dataclasses.replace(config, method="structured", leaf_methods=None)
     try:
-        return _plan.record(trace, structured)
+        return _plan.record(trace, dataclasses.replace(config, method=structured.NAME,
+                                                       leaf_methods=None))
     except PathMemoryError:
         return None  # no contraction order fits memory_limit: the structured method is out
     except capability.ReverseModeError:
@@ -196,7 +198,7 @@ def resolve(cost_model: CostModel, config: Config) -> Config | None:
         return None
     if len(set(leaf_methods)) == 1:
         return dataclasses.replace(config, method=leaf_methods[0], leaf_methods=None)
-    return dataclasses.replace(config, method="mixed", leaf_methods=leaf_methods)
+    return dataclasses.replace(config, method=mixed.NAME, leaf_methods=leaf_methods)
 
 
 def method_costs(cost_model: CostModel) -> dict[str, float]:
@@ -205,12 +207,12 @@ def method_costs(cost_model: CostModel) -> dict[str, float]:
     costs = {m: cost_model.group_cost(m, everything) for m in cost_model.methods}
     leaf_methods = assign(cost_model)
     if len(set(leaf_methods)) > 1:
-        costs["mixed"] = cost_model.cost(leaf_methods)
+        costs[mixed.NAME] = cost_model.cost(leaf_methods)
     return costs
 
 
 def cotangent_cost(cost_model: CostModel) -> Cost:
     """The structured method's passes (primal and cotangents of every use), without its terms."""
     everything = range(len(cost_model.leaf_sizes))
-    return Cost(flops=cost_model.group_cost("structured", everything)
+    return Cost(flops=cost_model.group_cost(structured.NAME, everything)
                 - sum(cost_model.terms or ()))

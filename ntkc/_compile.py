@@ -30,6 +30,7 @@ import numpy as np
 from ntkc import _compat
 from ntkc._api import KernelFunction, _compute
 from ntkc._args import check_mapping
+from ntkc.methods import structured
 from ntkc.passes.cost import Cost
 from ntkc._api import plan as _plan_fn
 
@@ -385,7 +386,7 @@ class Compiled:
         except Exception:  # a backend without cost analysis
             analysis = None
         estimate = self.plan.cost
-        if self.method != "structured":  # only FLOPs are estimated for the other methods
+        if self.method != structured.NAME:  # the plan's cost is structured's; FLOPs only for others
             estimate = Cost(flops=self.plan.method_costs.get(self.method, float("nan")))
         return CompiledCost(estimate, self.method, _normalize_cost_analysis(analysis))
 

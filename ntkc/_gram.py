@@ -20,7 +20,6 @@ computes its examples' sides and its rows of the tile against the whole column b
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import hashlib
 import json
@@ -35,14 +34,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ntkc import pipeline
 from ntkc._api import KernelFunction
 from ntkc._args import check_bytes
 from ntkc._compat import Literal
 from ntkc._problem import Problem
 from ntkc.gram_store import FORMAT, VERSION, GramStore, is_store, open_gram
-from ntkc.methods._batch import per_example_jacobians
-from ntkc.methods.jacobian import contract_jacobians
+from ntkc.methods import registry
 from ntkc.passes.hoist import Hoist
 
 _AXIS = "examples"  # the mesh axis the example axis is sharded over
@@ -192,7 +189,8 @@ def _host(tile):
 class _Factored:
     """The kernel split into ``side(block)`` (per example) and ``pair(side1, side2)`` (per tile).
 
-    Structured and jacobian sides are real work, reused across tiles; for ntvp and per-leaf mixes
+    A method with Gram side and pair functions (``Method.gram``: structured, jacobian) does its
+    per-example work once per block, reused across tiles; for the others (ntvp, per-leaf mixes)
     the side is the block itself and ``pair`` calls the whole kernel function on the two blocks.
     With several devices both are ``shard_map``-ped over the example axis of the rows.
     """
@@ -200,16 +198,19 @@ class _Factored:
     def __init__(self, kernel_fn: KernelFunction, params, like1, mesh: Mesh, hoist: bool):
         self.kernel_fn, self.f, self.mesh = kernel_fn, kernel_fn.f, mesh
         self.like1 = like1  # X1: shapes and dtypes of the rows
-        self.factored = kernel_fn.method in ("structured", "jacobian")
-        # structured: side-local contraction steps computed in the side program (passes/hoist);
-        # only when every tile has the shapes of a block paired with itself (the same paths)
-        self.hoist = hoist and kernel_fn.method == "structured"
+        # "auto" or a pytree of methods here means no single method: the kernel per tile
+        method = kernel_fn.method
+        single = registry.METHODS.get(method) if isinstance(method, str) else None
+        self.gram = single.gram if single is not None else None
+        self.factored = self.gram is not None
+        # side-local contraction steps computed in the side program (passes/hoist); only when
+        # every tile has the shapes of a block paired with itself (the same paths)
+        self.hoist = hoist and self.factored and self.gram.hoists
         self.params = _put(params, NamedSharding(mesh, P()))
-        self.n_params = len(jax.tree.leaves(params))
         self._sides: dict = {}
         self._pairs: dict = {}
-        self._template = None  # structured: a side's static part (analysis, specs)
-        self._raw_def = self._raw_shapes = None  # structured: its arrays' tree and shapes
+        self._static = None  # a side's static part, the same for every block (GramSides.side)
+        self._raw_shapes = None  # with hoisting: the shapes of a side's arrays
 
     def _config(self, n1, n2=None, column_like=None):
         x2 = None if n2 is None else _like(column_like, n2)
@@ -218,43 +219,34 @@ class _Factored:
     # Per device: one block of examples (side), or a row block against a column block (pair).
 
     def _side_local(self, config, params, block, keep=None):
+        """``(arrays, hoisted)``: a side's arrays, and with hoisting its local steps' results."""
         prob = Problem(self.f, block, block, params, {}, {}, config)
-        if self.kernel_fn.method == "jacobian":
-            return per_example_jacobians(prob, 1)[0]
-        side = pipeline.side(prob, 1)
-        self._template = dataclasses.replace(side, factors=None, cotangents=None)
-        raw, self._raw_def = jax.tree.flatten((side.factors, side.cotangents))
+        raw, self._static = self.gram.side(prob)
         if not self.hoist:
             return raw, None
         n = _num_examples(block, "block")
         tile = self._config(n, n, self.like1)  # outside: resolving it may trace other programs
         hoist = Hoist()  # the block against itself; only the local steps are kept
-        pipeline.combine(tile, self.n_params, side, side, hoist)
+        self.gram.pair(tile, self._static, raw, raw, hoist)
         if keep is not None:  # arrays that only hoisted steps read are not kept (see _keep)
             raw = [a if k else None for a, k in zip(raw, keep)]
         return raw, (hoist.collected[1], hoist.collected[2])
 
-    def _unpack(self, s):
-        """A structured side's arrays as a Side; a dropped array becomes zeros nothing reads."""
-        raw = s[0] if self._raw_shapes is None else [
+    def _arrays(self, s) -> list:
+        """A side's arrays; a dropped array becomes zeros nothing reads."""
+        return s[0] if self._raw_shapes is None else [
             jnp.zeros(like.shape, like.dtype) if a is None else a
             for a, like in zip(s[0], self._raw_shapes)]
-        factors, cotangents = jax.tree.unflatten(self._raw_def, raw)
-        return dataclasses.replace(self._template, factors=factors, cotangents=cotangents)
 
     def _pair_local(self, config, params, s1, s2) -> list:
-        if self.kernel_fn.method == "jacobian":
-            out = contract_jacobians(s1, s2, config.axes[0], config.by_param)
-        elif self.factored:
-            side1, side2 = self._unpack(s1), self._unpack(s2)
-            if not self.hoist:
-                out = pipeline.combine(config, self.n_params, side1, side2)[0]
-            else:
-                hoist = Hoist({1: s1[1][0], 2: s2[1][1]})
-                out = pipeline.combine(config, self.n_params, side1, side2, hoist)[0]
-                hoist.check_used()
-        else:
+        if not self.factored:
             out = self.kernel_fn(s1, s2, params)
+        else:
+            hoist = Hoist({1: s1[1][0], 2: s2[1][1]}) if self.hoist else None
+            out = self.gram.pair(config, self._static, self._arrays(s1), self._arrays(s2),
+                                 hoist)[0]
+            if hoist is not None:
+                hoist.check_used()
         return jax.tree.leaves(out)  # one tile, or one per params leaf (by_param)
 
     def _keep(self, config, n, block) -> list[bool]:
@@ -265,7 +257,8 @@ class _Factored:
         self._raw_shapes = shapes[0]
         pair = functools.partial(self._pair_local, self._config(n, n, self.like1))
         live = _live_inputs(jax.make_jaxpr(pair)(self.params, shapes, shapes).jaxpr)
-        n_params, n_side, n_raw = self.n_params, len(jax.tree.leaves(shapes)), len(shapes[0])
+        n_params = len(jax.tree.leaves(self.params))
+        n_side, n_raw = len(jax.tree.leaves(shapes)), len(shapes[0])
         rows = live[n_params:n_params + n_raw]
         columns = live[n_params + n_side:n_params + n_side + n_raw]
         return [r or c for r, c in zip(rows, columns)]
@@ -346,8 +339,9 @@ def _tile_order(tiles):
 def _single_method(requested, config) -> str | None:
     """The method to factor: the one asked for, or the one ``"auto"`` chose on a tile; None when
     that is not one method (a per-leaf mix, or a split into smaller blocks): then per tile."""
-    method = config.method if isinstance(requested, str) and requested == "auto" else requested
-    single = isinstance(method, str) and method in ("structured", "jacobian", "ntvp")
+    auto = isinstance(requested, str) and requested == registry.AUTO
+    method = config.method if auto else requested
+    single = isinstance(method, str) and method in registry.per_leaf_names()
     return method if single else None
 
 
@@ -357,11 +351,11 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
          progress: bool = True, **ntk_options):
     """The NTK Gram matrix of a dataset, tile by tile, each block's factors computed once.
 
-    Methods ``"structured"`` and ``"jacobian"`` compute each block's per-example side (factors
-    and cotangents, or Jacobians) once and contract pairs of sides per tile; ``"ntvp"`` has no
-    per-example part to reuse and calls the kernel per tile. ``"auto"`` is resolved once, on one
-    tile; when it picks no single method (a per-leaf mix of methods, or smaller blocks under
-    ``memory_limit``) the kernel function is called per tile.
+    Methods with Gram side and pair functions (``"structured"``, ``"jacobian"``) compute each
+    block's per-example side (factors and cotangents, or Jacobians) once and contract pairs of
+    sides per tile; ``"ntvp"`` has no per-example part to reuse and calls the kernel per tile.
+    ``"auto"`` is resolved once, on one tile; when it picks no single method (a per-leaf mix of
+    methods, or smaller blocks under ``memory_limit``) the kernel function is called per tile.
 
     Args:
       f: ``f(params, x)``; examples along axis 0 of every leaf of ``X1``/``X2`` and of the
@@ -456,9 +450,9 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
     axes = config.axes[0]
     if 0 not in axes.free:
         raise ValueError("gram: the example axis (0) must be neither traced nor diagonal")
-    requested = ntk_options.get("method", "auto")
+    requested = ntk_options.get("method", registry.AUTO)
     if (config.block is not None or config.chunk is not None) and not (
-            isinstance(requested, str) and requested == "auto"):
+            isinstance(requested, str) and requested == registry.AUTO):
         # the factored programs cannot split a tile: never run one over memory_limit silently
         fits = _choose_batch_size(kernel_fn, params, X1, n1, memory_limit)
         raise ValueError(f"batch_size={batch_size}: a tile of {batch_size} x {batch_size} examples "

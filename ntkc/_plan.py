@@ -17,6 +17,7 @@ import jax
 
 from ntkc._problem import Config
 from ntkc.ir import Plan, Term
+from ntkc.methods import structured
 from ntkc.passes.cost import Cost
 
 
@@ -70,7 +71,7 @@ def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_nam
             leaf=leaf,
             primitives=tuple(r["primitives"]),
             structure=tuple(r["structure"]),
-            method=_method_of(r) if own == "structured" else own,
+            method=_method_of(r) if own == structured.NAME else own,
             einsum=_letters(r["labels"], r["output"]),
             order=_path_str(info.tree),
             cost=info.cost,

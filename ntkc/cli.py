@@ -417,6 +417,8 @@ def gram(spec: str, out_dir: str, data=None, x2=None, batch_size=None, memory_li
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ntkc.methods import registry  # the names method= accepts, registered methods included
+
     parser = argparse.ArgumentParser(
         prog="ntkc", description="Fast finite-width empirical Neural Tangent Kernels of JAX functions.",
     )
@@ -441,7 +443,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect_parser.add_argument("spec", metavar="MODULE:FACTORY",
                                 help="e.g. mymodel:make or path/to/model.py:make")
-    inspect_parser.add_argument("--method", choices=("auto", "structured", "jacobian", "ntvp"),
+    inspect_parser.add_argument("--method", choices=registry.names(),
                                 default="auto", help="as in ntkc.ntk_fn (default auto)")
     inspect_parser.add_argument("--trace-axes", type=_axes_list, default=(-1,), metavar="AXES",
                                 help="comma-separated ints, or 'none' for () (default -1); write "
@@ -483,7 +485,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="bytes of one tile's working set (ntkc.gram's memory_limit)")
     gram_parser.add_argument("--cache-bytes", type=int, metavar="BYTES",
                              help="bytes of sides kept for reuse (default 2 GiB)")
-    gram_parser.add_argument("--method", choices=("auto", "structured", "jacobian", "ntvp"),
+    gram_parser.add_argument("--method", choices=registry.names(),
                              default="auto", help="as in ntkc.ntk_fn (default auto)")
     gram_parser.add_argument("--trace-axes", type=_axes_list, default=(-1,), metavar="AXES",
                              help="comma-separated ints, or 'none' for () (default -1)")

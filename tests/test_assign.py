@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 
@@ -216,11 +217,12 @@ def _args(model):
 def test_auto_traces_the_structured_program_once(monkeypatch):
     """Choosing traces the structured program to cost it; when auto picks it, the kernel's call
     reuses that trace (jit's cache) instead of tracing it again, and so does ntkc.plan."""
-    from ntkc import _api
+    from ntkc.methods import registry
 
     traced = []
-    structured = _api._KERNELS["structured"]
-    monkeypatch.setitem(_api._KERNELS, "structured", lambda prob: traced.append(1) or structured(prob))
+    structured = registry.METHODS["structured"]
+    counted = lambda prob: traced.append(1) or structured.kernel(prob)
+    monkeypatch.setitem(registry.METHODS, "structured", dataclasses.replace(structured, kernel=counted))
     f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
     params = {"w": normal((6, 256)), "v": normal((256, 3))}
     x1, x2 = normal((4, 6)), normal((5, 6))

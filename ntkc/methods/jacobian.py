@@ -13,7 +13,10 @@ import jax.numpy as jnp
 
 from ntkc._problem import Problem
 from ntkc.methods._batch import per_example_jacobians
+from ntkc.methods.registry import GramSides, Method, register
 from ntkc.passes import capability
+
+NAME = "jacobian"
 
 # Output axes take letters from the front, parameter axes from the back.
 _PARAM_LETTERS = string.ascii_letters[::-1]
@@ -33,8 +36,43 @@ def contract_jacobians(j1, j2, axes, by_param: bool = False):
 def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list) by Jacobian contraction."""
     capability.check(jax.make_jaxpr(prob.full_fn(1))(prob.params),
-                     len(jax.tree.leaves(prob.params)), "jacobian")
+                     len(jax.tree.leaves(prob.params)), NAME)
     jac1 = per_example_jacobians(prob, 1)
     jac2 = jac1 if prob.same_inputs else per_example_jacobians(prob, 2)
     return [contract_jacobians(a, b, ax, prob.config.by_param)
             for a, b, ax in zip(jac1, jac2, prob.axes)]
+
+
+def flops(cost_model, leaves) -> float:
+    """s₁·R + s₂·R (one reverse pass per output entry and side, the per-example weight
+    gradients at their measured rate: ``LinearMap.slow``) + 2·K·P(leaves)."""
+    linear = cost_model.linear
+    params = cost_model.parameters(leaves)
+    return (cost_model.primal_passes(shared=True)
+            + cost_model.reverse_passes(linear.reached(leaves) + linear.slow_gradients(leaves))
+            + sum(2 * o.contraction * params for o in cost_model.outputs))
+
+
+def working_set(cost_model, leaves) -> float:
+    """The per-example Jacobians of both sides (one when x2 is x1)."""
+    entries = sum(o.size2 + (0 if cost_model.same_inputs else o.size1)
+                  for o in cost_model.outputs)
+    return float(entries * cost_model.parameters(leaves) * cost_model.itemsize)
+
+
+def gram_side(prob: Problem) -> tuple[list, object]:
+    """A block's per-example Jacobians (per output leaf, a pytree like params); static: their
+    tree."""
+    arrays, treedef = jax.tree.flatten(per_example_jacobians(prob, 1))
+    return arrays, treedef
+
+
+def gram_pair(config, static, arrays1, arrays2, hoist=None) -> list:
+    """The kernel of two blocks' Jacobians."""
+    jac1, jac2 = jax.tree.unflatten(static, arrays1), jax.tree.unflatten(static, arrays2)
+    return [contract_jacobians(a, b, ax, config.by_param)
+            for a, b, ax in zip(jac1, jac2, config.axes)]
+
+
+register(Method(NAME, kernel, flops, working_set, gram=GramSides(gram_side, gram_pair),
+                reverses_every_loop=True))

@@ -7,11 +7,13 @@ leaves alone (the others held fixed), computed by the group's method; the parts 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax
 
 from ntkc._problem import Problem
+from ntkc.methods import registry
+
+NAME = "mixed"
 
 
 def restrict(prob: Problem, leaves: list[int], method: str) -> Problem:
@@ -28,14 +30,14 @@ def restrict(prob: Problem, leaves: list[int], method: str) -> Problem:
     return dataclasses.replace(prob, f=f, params=[all_leaves[i] for i in leaves], config=config)
 
 
-def kernel(prob: Problem, kernels: dict[str, Callable[[Problem], list]]) -> list:
+def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list; per-leaf lists with ``by_param``) by the mixed plan
-    ``prob.config.leaf_methods``; ``kernels`` maps each method to its kernel function."""
+    ``prob.config.leaf_methods``, each group by its registered method's kernel."""
     methods = prob.config.leaf_methods
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(methods):
         groups.setdefault(m, []).append(i)
-    parts = {m: kernels[m](restrict(prob, leaves, m)) for m, leaves in groups.items()}
+    parts = {m: registry.get(m).kernel(restrict(prob, leaves, m)) for m, leaves in groups.items()}
     if not prob.config.by_param:
         return [sum(parts[m][k] for m in groups) for k in range(len(prob.axes))]
     out = []
@@ -46,3 +48,8 @@ def kernel(prob: Problem, kernels: dict[str, Callable[[Problem], list]]) -> list
                 per_leaf[i] = part
         out.append(per_leaf)
     return out
+
+
+# Not per leaf: it is what a per-leaf choice runs. Its estimates are its groups' summed
+# (CostModel.cost, CostModel.peak), and ntkc.gram calls the kernel function per tile.
+registry.register(registry.Method(NAME, kernel, per_leaf=False))

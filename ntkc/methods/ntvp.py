@@ -18,7 +18,10 @@ from ntkc._axes import KernelAxes
 from ntkc._compat import forward_mode_blocked
 from ntkc._problem import Problem
 from ntkc.methods._batch import place_example_axes
+from ntkc.methods.registry import Method, register
 from ntkc.passes import capability
+
+NAME = "ntvp"
 
 
 def _only_leaf(tree, leaf):
@@ -75,7 +78,7 @@ def _leaf(fn, k):
 def kernel(prob: Problem) -> list:
     """Θ per output leaf (a flat list) by NTK-vector products."""
     jaxpr = jax.make_jaxpr(prob.full_fn(1))(prob.params)
-    capability.check(jaxpr, len(jax.tree.leaves(prob.params)), "ntvp")
+    capability.check(jaxpr, len(jax.tree.leaves(prob.params)), NAME)
     transpose = forward_mode_blocked(jaxpr)
     out = []
     for k, axes in enumerate(prob.axes):
@@ -106,3 +109,24 @@ def kernel(prob: Problem) -> list:
             else:
                 out.append(jax.tree.map(lambda t: jnp.mean(t, axis=0), theta))
     return out
+
+
+def flops(cost_model, leaves) -> float:
+    """s₂·R + N₁·s₂·R: a VJP per entry of f(x2), a JVP per such entry and x1 example
+    (N₁·s₂ → s₂ when the example axis is traced or diagonal); both sides' primal passes even
+    when x2 is x1."""
+    reached = cost_model.linear.reached(leaves)
+    return cost_model.primal_passes(shared=False) + sum(
+        o.size2 * cost_model.on_x2(reached)
+        + (cost_model.examples1 if o.pairs_all else 1) * o.size2 * reached
+        for o in cost_model.outputs)
+
+
+def working_set(cost_model, leaves) -> float:
+    """The VJPs of every entry of f(x2)."""
+    entries = sum(o.size2 for o in cost_model.outputs)
+    return float(entries * cost_model.parameters(leaves) * cost_model.itemsize)
+
+
+# No per-example part to reuse in a Gram matrix: every pair of examples costs its own passes.
+register(Method(NAME, kernel, flops, working_set, reverses_every_loop=True))

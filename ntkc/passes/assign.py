@@ -1,5 +1,5 @@
-"""Per-leaf method choice: which of structured, jacobian and ntvp computes each parameter leaf's
-part of the kernel.
+"""Per-leaf method choice: which registered method (``ntkc.methods``) computes each parameter
+leaf's part of the kernel.
 
 The NTK is a sum over parameter leaves, so every leaf may take its own method. A method's cost on
 a group G of leaves (FLOPs, from shapes alone) has a shared part, the passes through the part of
@@ -18,7 +18,8 @@ ntvp        s₂·R + N₁·s₂·R (a VJP per entry of f(x2), a JVP per such en
 structured  s₁·(R − U) + s₂·(R − U) (cotangents, not weight gradients) + the plan's terms of G
 =========== ==============================================================================
 
-plus one primal forward pass per example and side for each group; with ``x2 = x1`` the second
+(each method's module computes its row: ``Method.flops``, from the shared parts here) plus one
+primal forward pass per example and side for each group; with ``x2 = x1`` the second
 side's passes are shared where the method shares them (jacobian, structured).
 
 FLOPs are not time. Two measured corrections (bench/RESULTS.md, 2-core CPU and H100):
@@ -38,15 +39,14 @@ from typing import Sequence
 import numpy as np
 
 from ntkc._compat import Literal
+from ntkc.methods import registry, structured
 from ntkc.passes.cost import eqn_flops
 from ntkc.rules import per_example_gradient_factor
-
-METHODS = ("structured", "jacobian", "ntvp")
 
 # A mixed plan runs a program per group: prefer one method unless mixing is clearly cheaper,
 # as the estimates are rough (FLOPs only).
 MIXING_MARGIN = 0.9
-# jacobian or ntvp replaces structured only below this fraction of its estimate.
+# Another method replaces structured only below this fraction of its estimate.
 SWITCH_MARGIN = 0.8
 
 
@@ -167,61 +167,58 @@ class CostModel:
 
     @property
     def methods(self) -> tuple:
-        """The methods that can run the model (``unavailable`` ones cannot: see
-        ``ntkc.passes.capability``)."""
-        methods = METHODS if self.terms is not None else METHODS[1:]
-        return tuple(m for m in methods if m not in self.unavailable)
+        """The registered per-leaf methods that can run the model, in registration order
+        (``Method.can_run``; the unavailable ones: see ``ntkc.passes.capability``)."""
+        return tuple(m.name for m in registry.per_leaf_methods() if m.can_run(self))
+
+    # The parts that the methods' estimates (``Method.flops``) share.
+
+    def parameters(self, group: Sequence[int]) -> int:
+        """The number of parameters in the leaves ``group``."""
+        return sum(self.leaf_sizes[i] for i in group)
+
+    def on_x2(self, flops: float) -> float:
+        """``flops`` of a pass over one x1 example, for one x2 example (scaled as their primal
+        forward passes are)."""
+        return flops * (self.forward2 / self.forward1 if self.forward1 else 1.0)
+
+    def primal_passes(self, shared: bool) -> float:
+        """One primal forward pass per example and side; ``shared``: the method computes x1's
+        once for both sides when x2 is x1."""
+        total = self.examples1 * self.forward1 + self.examples2 * self.forward2
+        if shared and self.same_inputs:
+            total -= self.examples2 * self.forward2
+        return total
+
+    def reverse_passes(self, flops: float) -> float:
+        """A pass of ``flops`` (over one x1 example) per output entry of each side, x2's
+        scaled by :meth:`on_x2`; when x2 is x1, x1's passes serve both sides."""
+        return sum(o.size1 * flops + (0 if self.same_inputs else o.size2 * self.on_x2(flops))
+                   for o in self.outputs)
+
+    # Per method and group of leaves, and per assignment of a method to every leaf.
 
     def group_cost(self, method: str, group: Sequence[int]) -> float:
         """Estimated FLOPs of ``method`` computing the leaves ``group``'s part of the kernel."""
-        if not group:
-            return 0.0
-        r1 = self.linear.reached(group)
-        scale = self.forward2 / self.forward1 if self.forward1 else 1.0
-        r2 = r1 * scale
-        total = self.examples1 * self.forward1 + self.examples2 * self.forward2
-        if method == "ntvp":
-            for o in self.outputs:
-                total += o.size2 * r2 + (self.examples1 if o.pairs_all else 1) * o.size2 * r1
-            return total
-        if self.same_inputs:
-            total -= self.examples2 * self.forward2
-        params = sum(self.leaf_sizes[i] for i in group)
-        if method == "structured":
-            u1 = self.linear.used(group)
-            r1, r2 = r1 - u1, (r1 - u1) * scale
-            total += sum(self.terms[i] for i in group)
-        elif method == "jacobian":
-            slow = self.linear.slow_gradients(group)
-            r1, r2 = r1 + slow, r2 + slow * scale
-        for o in self.outputs:
-            total += o.size1 * r1 + (0 if self.same_inputs else o.size2 * r2)
-            if method == "jacobian":
-                total += 2 * o.contraction * params
-        return total
+        return registry.get(method).flops(self, group) if group else 0.0
 
     def memory(self, method: str, group: Sequence[int]) -> float:
         """Estimated working-set bytes of ``method`` on the leaves ``group`` (the kernel itself
-        not counted): the per-example Jacobians (jacobian), the VJPs of every entry of f(x2)
-        (ntvp), the structured program's operands and largest step."""
-        if not group:
-            return 0.0
-        if method == "structured":
-            return self.structured_bytes or 0.0
-        params = sum(self.leaf_sizes[i] for i in group)
-        entries = sum(o.size2 + (o.size1 if method == "jacobian" and not self.same_inputs else 0)
-                      for o in self.outputs)
-        return float(entries * params * self.itemsize)
+        not counted)."""
+        return float(registry.get(method).working_set(self, group)) if group else 0.0
+
+    def _groups(self, assignment: Sequence[str]):
+        """``(method, its leaves)`` of an assignment, in registration order."""
+        for m in registry.per_leaf_names():
+            yield m, [i for i, a in enumerate(assignment) if a == m]
 
     def peak(self, assignment: Sequence[str]) -> float:
         """Estimated working set of an assignment: its groups' together (one program)."""
-        return sum(self.memory(m, [i for i, a in enumerate(assignment) if a == m])
-                   for m in METHODS)
+        return sum(self.memory(m, group) for m, group in self._groups(assignment))
 
     def cost(self, assignment: Sequence[str]) -> float:
         """Total estimated FLOPs of a per-leaf assignment of methods."""
-        return sum(self.group_cost(m, [i for i, a in enumerate(assignment) if a == m])
-                   for m in METHODS)
+        return sum(self.group_cost(m, group) for m, group in self._groups(assignment))
 
 
 def assign(cost_model: CostModel, memory_limit: float | None = None) -> tuple[str, ...] | None:
@@ -239,8 +236,9 @@ def assign(cost_model: CostModel, memory_limit: float | None = None) -> tuple[st
     best, best_cost = None, float("inf")
     if single:
         chosen = min(single, key=single.get)
-        if "structured" in single and single[chosen] >= SWITCH_MARGIN * single["structured"]:
-            chosen = "structured"
+        preferred = structured.NAME  # its einsums are counted exactly, the others estimated
+        if preferred in single and single[chosen] >= SWITCH_MARGIN * single[preferred]:
+            chosen = preferred
         best, best_cost = (chosen,) * n, MIXING_MARGIN * single[chosen]
     for start in methods:
         current, cost = [start] * n, cost_model.cost([start] * n)

@@ -4,7 +4,8 @@ Every method needs reverse-mode derivatives somewhere: ``jacobian`` builds J by 
 ``ntvp`` applies J(x2)ᵀ by ``jax.vjp``, and ``structured`` pulls cotangents back through the
 linear map after each parameter use. JAX cannot transpose a ``while`` loop (``lax.while_loop``,
 or ``lax.fori_loop`` with traced bounds), so a loop whose floating-point carry depends on the
-parameters blocks ``jacobian`` and ``ntvp``. ``structured`` needs only the loops a cotangent
+parameters blocks ``jacobian`` and ``ntvp`` (flagged ``reverses_every_loop`` in
+``ntkc.methods.registry``). ``structured`` needs only the loops a cotangent
 passes through: a loop into which parameters enter directly (its only tangent inputs are
 parameter values) is a use, whose dense rule differentiates it in forward mode.
 
@@ -18,8 +19,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from ntkc._compat import Literal, custom_derivative, inlinable_jaxpr, source_line, sub_jaxprs
-# Methods that need reverse mode through every loop whose carry depends on the parameters.
-THROUGH_EVERY_LOOP = ("jacobian", "ntvp")
 
 
 class ReverseModeError(ValueError):
@@ -114,13 +113,13 @@ def error(loops: list, methods: str) -> ReverseModeError:
         "parameters themselves enter (not values computed from them), by its dense rule.")
 
 
-def check(closed, n_params: int, method) -> None:
-    """Raises :class:`ReverseModeError` before any work when ``method`` (a name) is one that
-    needs reverse mode through every loop and ``f``'s jaxpr has a blocking loop."""
-    if method in THROUGH_EVERY_LOOP:
-        loops = while_loops(closed, n_params)
-        if loops:
-            raise error(loops, f"method={method!r}")
+def check(closed, n_params: int, method: str) -> None:
+    """Raises :class:`ReverseModeError` before any work when ``f``'s jaxpr has a loop that
+    blocks ``method`` (the name of one that reverses every loop:
+    ``Method.reverses_every_loop``)."""
+    loops = while_loops(closed, n_params)
+    if loops:
+        raise error(loops, f"method={method!r}")
 
 
 def check_structured(analysis) -> None:
