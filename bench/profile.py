@@ -1,11 +1,13 @@
 """Where a kernel program's time goes: a profile per fused XLA op (issue 13, item 3).
 
     python -m bench.profile --case resnet18_8x8 [--x2 none|given] [--trace untraced|traced]
-                            [--method structured] [--n N] [--outputs O] [--runs 3] [--top 25]
-                            [--json FILE]
+                            [--method structured] [--n N] [--outputs O] [--inside-jit]
+                            [--runs 3] [--top 25] [--json FILE]
     python -m bench.profile --case suite:cnn ...     (a model of bench/models.py)
 
-The compiled program runs ``--runs`` times under ``jax.profiler.trace``; the trace is read with
+The program is the one a kernel function runs when called (``ntkc.compile``, with ntkc's XLA
+options), or with ``--inside-jit`` the one XLA compiles when the call sits inside the user's own
+``jax.jit``. It runs ``--runs`` times under ``jax.profiler.trace``; the trace is read with
 ``xprof`` (``pip install xprof``) and every event named after an instruction of the optimized HLO
 is kept. Each op is classified from its HLO: ``conv`` / ``dot`` (with its FLOPs, counted from the
 shapes, and the GFLOP/s it ran at), ``copy/transpose`` (layout changes), ``elementwise``,
@@ -151,18 +153,17 @@ def events_by_op(xplane: str, names) -> tuple[dict, dict]:
     return total, count
 
 
-def profile(compiled, args_, runs: int) -> dict:
-    """Per-op times of a compiled program, its wall time per run and its HLO."""
+def profile(executable, run, runs: int) -> dict:
+    """Per-op times of a compiled program (``run()`` calls it), and its wall time per run."""
     import jax
 
-    text = compiled.as_text()
-    hlo = parse_hlo(text)
-    jax.block_until_ready(compiled(*args_))
+    hlo = parse_hlo(executable.as_text())
+    jax.block_until_ready(run())
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         with jax.profiler.trace(folder):
             for _ in range(runs):
-                jax.block_until_ready(compiled(*args_))
+                jax.block_until_ready(run())
         wall = (time.perf_counter() - start) / runs
         xplane = sorted(glob.glob(folder + "/**/*.xplane.pb", recursive=True))[-1]
         total, count = events_by_op(xplane, set(hlo))
@@ -242,6 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="structured")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--outputs", type=int, default=None)
+    ap.add_argument("--inside-jit", action="store_true",
+                    help="call the kernel function inside an outer jax.jit, as a user's jitted "
+                         "code does (XLA then compiles with the outer jit's options)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--json", default=None)
@@ -258,20 +262,26 @@ def main(argv=None) -> int:
 
     f, params, x1, x2 = _case(args)
     trace_axes = () if args.trace == "untraced" else (-1,)
-    kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=args.method)
-    if args.x2 == "given":
-        program, inputs = jax.jit(lambda a, b, p: kernel_fn(a, b, p)), (x1, x2, params)
-    else:
-        program, inputs = jax.jit(lambda a, p: kernel_fn(a, None, p)), (x1, params)
+    other = x2 if args.x2 == "given" else None
     start = time.perf_counter()
-    compiled = program.lower(*inputs).compile()
+    if args.inside_jit:  # the kernel function called inside the user's own jit
+        kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=args.method)
+        program = jax.jit(lambda a, b, p: kernel_fn(a, b, p))
+        compiled = program.lower(x1, other, params).compile()
+        executable, run = compiled, lambda: compiled(x1, other, params)
+    else:  # the program a kernel function runs when called (ntkc's compiler options included)
+        compiled = ntkc.compile(f, x1, other, params, trace_axes=trace_axes, vmap_axes=0,
+                                method=args.method)
+        executable, run = compiled.executable, lambda: compiled(x1, other, params)
     compile_s = time.perf_counter() - start
-    result = profile(compiled, inputs, args.runs)
+    result = profile(executable, run, args.runs)
     result.update(case=args.case, x2=args.x2, trace=args.trace, method=args.method,
-                  compile_s=compile_s, xla_flops=_xla_flops(compiled) or float("nan"),
+                  compile_s=compile_s, inside_jit=args.inside_jit,
+                  xla_flops=_xla_flops(executable) or float("nan"),
                   jax=jax.__version__, machine=platform.machine(),
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    print(f"{args.case}, x2 {args.x2}, {args.trace}, {args.method}, JAX {jax.__version__}, "
+    print(f"{args.case}, x2 {args.x2}, {args.trace}, {args.method}, "
+          f"{'inside a jit' if args.inside_jit else 'called directly'}, JAX {jax.__version__}, "
           f"compiled in {compile_s:.1f} s")
     print(table(result, args.top))
     if args.json:

@@ -23,12 +23,14 @@ def _pool_eqn(shape, dims, strides, padding, op):
     return eqn
 
 
-# (shape, window, strides, padding): ResNet's stem pool, non-overlapping, 1-D, uneven padding
+# (shape, window, strides, padding): ResNet's stem pool, non-overlapping, 1-D, uneven padding,
+# stride 1 (one phase)
 POOLS = [
     ((2, 9, 9, 3), (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))),
     ((2, 8, 8, 3), (1, 2, 2, 1), (1, 2, 2, 1), ((0, 0), (0, 0), (0, 0), (0, 0))),
     ((3, 11), (1, 4), (1, 3), ((0, 0), (2, 1))),
     ((1, 7, 6, 2), (1, 3, 2, 1), (1, 1, 2, 1), ((0, 0), (0, 2), (1, 0), (0, 0))),
+    ((2, 5, 5, 2), (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0))),
 ]
 
 
