@@ -1,14 +1,20 @@
 """ntkc against neural-tangents 0.6.5, on the same JAX, with the same models, weights and inputs.
 
     python bench/compare_nt.py [--models mlp,cnn] [--quick] [--rounds 2] [--repeats 5]
-                               [--trace both|traced|untraced] [--no-old-jax] [--no-nt-auto]
-                               [--worktree] [--tag NAME] [--setup-only]
+                               [--trace both|traced|untraced] [--x2 none|given|both]
+                               [--methods structured,auto] [--nt-methods structured,jacobian]
+                               [--no-old-jax] [--no-nt-auto] [--worktree] [--tag NAME] [--setup-only]
+    python bench/compare_nt.py --suite paper [--models fcn,resnet18_8x8,wrn28_10] [...]
 
 Creates, when missing, three virtual environments in the checkout (git-ignored, ``/.venv*/``):
 
 - ``.venv-nt-jax092``:  jax/jaxlib 0.9.2 + neural-tangents 0.6.5 (``--no-deps``) + frozendict;
 - ``.venv-nt-jax0425``: jax/jaxlib 0.4.25 (numpy < 2, scipy < 1.13) + the same neural-tangents;
 - ``.venv-jax092``:     jax/jaxlib 0.9.2 + ntkc, editable, as the CI creates it (``.ci/run``).
+
+Both JAX 0.9.2 environments also get Flax 0.12.6 (``FLAX``: the newest release whose requirements
+admit JAX 0.9.2; flax 0.12.8 wants JAX >= 0.10), with optax and orbax-checkpoint pinned and JAX
+pinned in the same pip command, so that pip cannot move it, for the paper's Flax Linen models.
 
 neural-tangents is imported through ``bench/_nt_shim.py`` (a stub for its TensorFlow port and,
 on JAX 0.9.2, aliases for the JAX internals it imports that moved). Neither neural-tangents nor
@@ -17,7 +23,14 @@ the old JAX is ever installed next to ntkc.
 The workers run ``ntkc/`` and ``bench/`` as committed at git HEAD (exported to a temporary folder),
 so uncommitted edits in a shared checkout do not leak in; ``--worktree`` runs the working tree.
 
-Each case (model x trace_axes) runs, per round, one worker process per library, the two libraries
+Two suites. ``--suite small`` (the default): the plain-JAX models of ``bench/models.py``.
+``--suite paper``: the paper's cases of ``bench/paper.py`` (``CASES``: ``fcn``, ``resnet18_8x8``,
+``wrn28_10``, ...), built by ``bench/paper_models.py`` (Flax Linen, BatchNorm in eval mode), each at
+its own N and O unless ``--n`` / ``--outputs`` are given. Each case runs with ``x2=None`` and/or a
+distinct ``x2`` (``--x2``; default: ``none`` for the small suite, ``both`` for the paper's): a
+cross kernel Θ(x1, x2) needs the cotangent passes of both sides, ``x2=None`` of one.
+
+Each case (model x trace_axes x x2) runs, per round, one worker process per library, the two libraries
 back to back and their order alternating between rounds, so that drift of this shared machine
 falls on both. A worker builds the model from ``bench/models.py`` (numpy-seeded weights and
 inputs), then per method: trace + lower seconds, XLA compile seconds, one call, then ``--repeats``
@@ -53,7 +66,7 @@ from bench import _compare  # noqa: E402
 from bench._compare import fmt as _fmt, rel_dev as _rel_dev, ratio as _ratio  # noqa: E402
 
 REQUIRED = ("compare_nt.py",)  # checked to be committed by export_source
-WATCHED = ("ntkc", "bench/models.py",
+WATCHED = ("ntkc", "bench/models.py", "bench/paper_models.py",
            "bench/_nt_shim.py", "bench/compare_nt.py", "bench/_compare.py")
 
 DEFAULT_N = {"mlp": 32, "cnn": 16, "wrn": 8, "vit": 8, "mixer": 8}
@@ -68,17 +81,21 @@ NTKC_METHODS = ("jacobian", "ntvp", "structured", "auto")
 
 PIP = ["-m", "pip", "install", "-q", "--disable-pip-version-check"]
 NT = "neural-tangents==0.6.5"
+# Flax for the paper's models (bench/paper_models.py), with JAX pinned in the same command.
+FLAX = ["jax==0.9.2", "jaxlib==0.9.2", "flax==0.12.6", "optax==0.2.8", "orbax-checkpoint==0.12.8"]
 
 # name -> (folder, library, JAX version, pip install commands)
 ENVS = {
     "nt-0.9.2": (".venv-nt-jax092", "nt", "0.9.2", [
         ["jax==0.9.2", "jaxlib==0.9.2", "frozendict"],
         ["--no-deps", NT],
+        FLAX,
     ]),
     "ntkc-0.9.2": (".venv-jax092", "ntkc", "0.9.2", [  # the CI's oldest-JAX environment
         ["jax==0.9.2", "jaxlib==0.9.2"],
         ["--no-deps", "-e", str(ROOT)],
         "ntkc's other dependencies",  # read from pyproject.toml
+        FLAX,
     ]),
     "nt-0.4.25": (".venv-nt-jax0425", "nt", "0.4.25", [
         # jaxlib 0.4.25 is built against numpy 1; jax < 0.4.26 breaks on scipy 1.13.
@@ -92,6 +109,8 @@ import importlib.metadata, importlib.util, sys, jax
 assert jax.__version__ == sys.argv[1], jax.__version__
 if sys.argv[2] == "nt":
     assert importlib.util.find_spec("neural_tangents") is not None
+if sys.argv[1] == "0.9.2":
+    import flax.linen  # the paper's models
 for name in sys.argv[3:]:
     importlib.metadata.version(name)  # raises if missing
 """
@@ -140,7 +159,7 @@ def env_versions(name: str) -> dict:
     out = subprocess.run([str(_python(folder)), "-m", "pip", "list", "--format=json",
                           "--disable-pip-version-check"], capture_output=True, text=True)
     wanted = {"jax", "jaxlib", "numpy", "scipy", "ml-dtypes", "ml_dtypes", "neural-tangents",
-              "frozendict", "ntkc", "opt-einsum", "opt_einsum", "networkx"}
+              "frozendict", "ntkc", "opt-einsum", "opt_einsum", "networkx", "flax"}
     try:
         return {p["name"]: p["version"] for p in json.loads(out.stdout) if p["name"].lower() in wanted}
     except json.JSONDecodeError:
@@ -173,6 +192,32 @@ def _flops(compiled):
     return None if value is None else float(value)
 
 
+def build(spec: dict):
+    """``(f, params, x1, x2)`` of a worker's spec, x2 None unless ``spec["x2"]``. A paper case
+    (``spec["factory"]``) comes from ``bench/paper_models.py`` with ``spec["kwargs"]``; a small
+    model from ``bench/models.py``, its x2 the inputs of the same factory with seed 1."""
+    if spec.get("factory"):
+        from bench import paper_models
+
+        f, params, x1, x2 = paper_models.MODELS[spec["factory"]](**spec["kwargs"])
+    else:
+        from bench.models import MODELS
+
+        factory = MODELS[spec["model"]]
+        f, params, x1 = factory(n=spec["n"], outputs=spec["outputs"])
+        x2 = factory(n=spec["n"], outputs=spec["outputs"], seed=1)[2] if spec.get("x2") else None
+    return f, params, x1, (x2 if spec.get("x2") else None)
+
+
+def lower(jax, kernel_fn, x1, x2, params, compiler_options=None):
+    """The kernel's program lowered for ``(x1, x2, params)``, and the arguments it is called with:
+    ``x2`` None is static (the symmetric kernel's program), else an argument."""
+    jitted = jax.jit((lambda a, p: kernel_fn(a, None, p)) if x2 is None else kernel_fn,
+                     compiler_options=compiler_options or None)
+    args = (x1, params) if x2 is None else (x1, x2, params)
+    return jitted.lower(*args), args
+
+
 def worker(spec_path: str, out_path: str) -> int:
     spec = json.loads(pathlib.Path(spec_path).read_text())
     import resource
@@ -201,13 +246,11 @@ def worker(spec_path: str, out_path: str) -> int:
             kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
             return kernel_fn, kernel_fn.prepare, kernel_fn.compiler_options
 
-    from bench.models import MODELS
-
     # One-time XLA start-up, so that it is charged to no method.
     a = jnp.ones((64, 64), jnp.float32)
     jax.jit(lambda a: jnp.tanh(a @ a).sum()).lower(a).compile()(a).block_until_ready()
 
-    f, params, x = MODELS[spec["model"]](n=spec["n"], outputs=spec["outputs"])
+    f, params, x, x2 = build(spec)
     info["params"] = int(sum(np.size(l) for l in jax.tree_util.tree_leaves(params)))
     trace_axes = tuple(spec["trace_axes"])
     results = []
@@ -217,30 +260,37 @@ def worker(spec_path: str, out_path: str) -> int:
             kernel_fn, prepare, options = make(f, method, trace_axes)
             start = time.perf_counter()
             if prepare is not None:
-                config, _ = prepare(x, None, params)
+                config, _ = prepare(x, x2, params)
                 r["resolved"] = config.method
             # ntkc's own XLA options (none on JAX 0.9.2, where they are XLA's defaults)
-            jit_options = options(x, None, params) if options else None
-            lowered = jax.jit(lambda x, p: kernel_fn(x, None, p),
-                              compiler_options=jit_options or None).lower(x, params)
+            jit_options = options(x, x2, params) if options else None
+            lowered, args = lower(jax, kernel_fn, x, x2, params, jit_options)
             r["trace_s"] = time.perf_counter() - start
             start = time.perf_counter()
             compiled = lowered.compile()
             r["compile_s"] = time.perf_counter() - start
-            theta = compiled(x, params)
+            r["peak_bytes"] = _peak_bytes(compiled)
+            limit = spec.get("max_bytes")
+            if limit and r["peak_bytes"] and r["peak_bytes"] > limit:
+                raise MemoryError(f"not run: XLA's memory analysis of the compiled program says "
+                                  f"{r['peak_bytes'] / 2**30:.1f} GiB, over the limit of "
+                                  f"{limit / 2**30:.1f} GiB (--max-gib)")
+            theta = compiled(*args)
             theta.block_until_ready()
             times = []
             for _ in range(spec["repeats"]):
                 t = time.perf_counter()
-                compiled(x, params).block_until_ready()
+                compiled(*args).block_until_ready()
                 times.append(time.perf_counter() - t)
-            r.update(run_s=times, peak_bytes=_peak_bytes(compiled), xla_flops=_flops(compiled))
+            r.update(run_s=times, xla_flops=_flops(compiled))
             if spec.get("kernel_path"):
                 np.save(spec["kernel_path"].format(method=method), np.asarray(theta))
             del compiled, lowered, theta
         except Exception as err:  # noqa: BLE001 - a failing method is a result too
             r["error"] = f"{type(err).__name__}: {err}"
         results.append(r)
+        # What is done so far, in case the process dies in the next method (killed for memory).
+        pathlib.Path(out_path).write_text(json.dumps(dict(info, results=results, partial=True)))
     info["load_end"] = os.getloadavg()
     info["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["results"] = results
@@ -269,7 +319,13 @@ def run_worker(env: str, spec: dict, tmp: pathlib.Path, timeout: float, src: pat
     wall = time.perf_counter() - start
     if done.returncode or not out_path.exists():
         tail = (done.stderr or done.stdout)[-3000:]
-        return {"error": f"worker exited with {done.returncode}:\n{tail}", "results": [], "wall_s": wall}
+        error = f"worker exited with {done.returncode}:\n{tail}"
+        if not out_path.exists():
+            return {"error": error, "results": [], "wall_s": wall}
+        # The methods finished before it died keep their results; the others get the error.
+        out = json.loads(out_path.read_text())
+        out.update(error=error, wall_s=wall)
+        return out
     out = json.loads(out_path.read_text())
     out["wall_s"] = wall
     return out
@@ -373,53 +429,128 @@ def summary_table(cases: list, log) -> None:
     log()
     log("Summary, ntkc / neural-tangents on JAX 0.9.2 (< 1: ntkc better). run = median run time "
         "((min): fastest run, less sensitive to other load); compile = trace + lower + compile")
-    log(f"{'case':<22}{'jacobian':>9}{'ntvp':>7}{'struct.':>8}{'auto/AUTO':>10}  "
+    log(f"{'case':<40}{'jacobian':>9}{'ntvp':>7}{'struct.':>8}{'auto/AUTO':>10}  "
         f"{'auto / NT fastest: run':>22}{'(min)':>7}{'compile':>9}{'memory':>8}{'max memory, all':>17}")
     for case in cases:
         r = case["ratios_ntkc_over_nt"]
-        name = f"{case['model']} N={case['n']} {'traced' if case['trace_axes'] else 'untraced'}"
+        name = case_name(case)
         run = lambda m: _fmt((r.get(m) or {}).get("run"), ">.2f")  # noqa: E731
         best = case.get("nt_fastest")
         fastest = r.get(f"auto_vs_nt_fastest_{best}", {})
         mems = [v["memory"] for v in r.values() if v.get("memory") is not None]
         best_label = f"({best}) {_fmt(fastest.get('run'), '.2f')}" if best else "-"
-        log(f"{name:<22}{run('jacobian'):>9}{run('ntvp'):>7}{run('structured'):>8}{run('auto'):>10}  "
+        log(f"{name:<40}{run('jacobian'):>9}{run('ntvp'):>7}{run('structured'):>8}{run('auto'):>10}  "
             f"{best_label:>22}{_fmt(fastest.get('run_min'), '>7.2f')}{_fmt(fastest.get('compile'), '>9.2f')}{_fmt(fastest.get('memory'), '>8.2f')}"
             f"{_fmt(max(mems) if mems else None, '>17.2f')}")
 
 
-def main(argv=None) -> int:
+SUITE_MODELS = {"small": "mlp,cnn,wrn,vit,mixer", "paper": "fcn,resnet18_8x8,wrn28_10"}
+
+
+def paper_cases() -> dict:
+    """The paper's cases: name -> (factory in bench/paper_models.py, its keyword arguments)."""
+    from bench.paper import CASES
+
+    return CASES
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="mlp,cnn,wrn,vit,mixer",
-                    help=f"comma-separated, from {','.join(MODEL_NAMES)}")
-    ap.add_argument("--quick", action="store_true", help=f"small N: {QUICK_N}")
+    ap.add_argument("--suite", choices=("small", "paper"), default="small",
+                    help="small: bench/models.py; paper: the paper's cases of bench/paper.py")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated; small suite: from {','.join(MODEL_NAMES)} (default all); "
+                         f"paper suite: case names of bench/paper.py (default {SUITE_MODELS['paper']})")
+    ap.add_argument("--quick", action="store_true", help=f"small suite, small N: {QUICK_N}")
     ap.add_argument("--n", type=int, default=None, help="examples for every model (default: per model)")
-    ap.add_argument("--outputs", type=int, default=10)
+    ap.add_argument("--outputs", type=int, default=None,
+                    help="outputs O (default: 10 in the small suite, the case's own in the paper's)")
     ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both")
+    ap.add_argument("--x2", choices=("none", "given", "both"), default=None,
+                    help="x2=None, a distinct x2 (the cross kernel), or both "
+                         "(default: none in the small suite, both in the paper's)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds, each running every case once per library")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per method per round (>= 5)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed runs per method per round (small suite: >= 5, default 5; paper: default 3)")
     ap.add_argument("--methods", default=",".join(NTKC_METHODS),
-                    help="comma-separated subset of jacobian,ntvp,structured,auto (both libraries)")
+                    help="comma-separated subset of jacobian,ntvp,structured,auto, in the order run "
+                         "(both libraries, unless --nt-methods)")
+    ap.add_argument("--nt-methods", default=None,
+                    help="neural-tangents' methods, if not those of --methods (auto: its AUTO)")
     ap.add_argument("--no-old-jax", action="store_true", help="skip neural-tangents on JAX 0.4.25")
     ap.add_argument("--nt-auto", action=argparse.BooleanOptionalAction, default=True,
                     help="also time neural-tangents' AUTO (compiles its three programs to count FLOPs)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
+    ap.add_argument("--max-gib", type=float, default=14,
+                    help="a compiled program whose XLA memory analysis exceeds this is not run "
+                         "(reported as an error); 0: no limit")
     ap.add_argument("--tag", default=None, help="output name: bench/results/compare-nt-TAG.{json,log}")
     ap.add_argument("--worktree", action="store_true",
                     help="run ntkc and bench/ from the working tree instead of git HEAD")
     ap.add_argument("--setup-only", action="store_true")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    return ap
+
+
+def select_cases(args, error) -> list[dict]:
+    """The cases of parsed ``args``, in the order run: per model, per trace_axes, x2=None before a
+    distinct x2. Each: model (its name), n, outputs, trace_axes (a list), x2 (bool) and, for a
+    paper case, factory and kwargs (for ``bench/paper_models.py``). ``error(message)`` is called
+    for an unknown model."""
+    models = [m for m in (args.models or SUITE_MODELS[args.suite]).split(",") if m]
+    valid = MODEL_NAMES if args.suite == "small" else tuple(paper_cases())
+    bad = [m for m in models if m not in valid]
+    if bad:
+        error(f"unknown models {bad} in the {args.suite} suite; valid: {', '.join(valid)}")
+    traces = {"both": [[], [-1]], "traced": [[-1]], "untraced": [[]]}[args.trace]
+    x2 = args.x2 or ("none" if args.suite == "small" else "both")
+    x2s = {"none": [False], "given": [True], "both": [False, True]}[x2]
+    cases = []
+    for m in models:
+        if args.suite == "small":
+            base = {"model": m, "n": args.n or (QUICK_N if args.quick else DEFAULT_N)[m],
+                    "outputs": args.outputs or 10}
+        else:
+            factory, kwargs = paper_cases()[m]
+            kwargs = dict(kwargs)
+            kwargs.update({k: v for k, v in (("n", args.n), ("outputs", args.outputs)) if v})
+            base = {"model": m, "n": kwargs["n"], "outputs": kwargs["outputs"],
+                    "factory": factory, "kwargs": kwargs}
+        cases += [dict(base, trace_axes=t, x2=given) for t in traces for given in x2s]
+    return cases
+
+
+def case_key(case: dict) -> tuple:
+    return case["model"], tuple(case["trace_axes"]), bool(case["x2"])
+
+
+def case_name(case: dict) -> str:
+    return (f"{case['model']} N={case['n']} O={case['outputs']} "
+            f"{'traced' if case['trace_axes'] else 'untraced'} {'x2' if case['x2'] else 'x2=None'}")
+
+
+def method_lists(args, error) -> dict:
+    """env -> the methods its workers run, in the order given."""
+    chosen = [m for m in args.methods.split(",") if m]
+    nt_chosen = [m for m in (args.nt_methods or args.methods).split(",") if m]
+    if any(m not in NTKC_METHODS for m in chosen + nt_chosen):
+        error(f"unknown methods in {chosen + nt_chosen}; valid: {', '.join(NTKC_METHODS)}")
+    nt_methods = [m for m in nt_chosen if m != "auto" or args.nt_auto]
+    return {"nt-0.9.2": nt_methods, "ntkc-0.9.2": chosen, "nt-0.4.25": nt_methods}
+
+
+def main(argv=None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.worker:
         return worker(*args.worker)
 
-    models = [m for m in args.models.split(",") if m]
-    bad = [m for m in models if m not in MODEL_NAMES]
-    if bad:
-        ap.error(f"unknown models {bad}; valid: {', '.join(MODEL_NAMES)}")
-    traces = {"both": [[], [-1]], "traced": [[-1]], "untraced": [[]]}[args.trace]
+    cases = select_cases(args, ap.error)
+    methods = method_lists(args, ap.error)
+    nt_methods = methods["nt-0.9.2"]
     envs = ["nt-0.9.2", "ntkc-0.9.2"] + ([] if args.no_old_jax else ["nt-0.4.25"])
-    tag = args.tag or f"cpu-{os.cpu_count()}core" + ("-quick" if args.quick else "")
+    tag = args.tag or ("paper-" if args.suite == "paper" else "") + f"cpu-{os.cpu_count()}core" + (
+        "-quick" if args.quick else "")
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     log_path = results_dir / f"compare-nt-{tag}.log"
@@ -436,22 +567,17 @@ def main(argv=None) -> int:
         print(json.dumps(versions, indent=1))
         return 0
 
-    chosen = [m for m in args.methods.split(",") if m]
-    if any(m not in NTKC_METHODS for m in chosen):
-        ap.error(f"unknown methods in {chosen}; valid: {', '.join(NTKC_METHODS)}")
-    nt_methods = [m for m in NTKC_METHODS if m in chosen and (m != "auto" or args.nt_auto)]
-    methods = {"nt-0.9.2": nt_methods, "ntkc-0.9.2": [m for m in NTKC_METHODS if m in chosen],
-               "nt-0.4.25": nt_methods}
-    repeats = max(args.repeats, 5)
+    # The small suite's cases take milliseconds: at least 5 timed runs. The paper's take seconds
+    # to minutes per call: as many as asked (default 3), at least 1.
+    repeats = max(args.repeats or 5, 5) if args.suite == "small" else max(args.repeats or 3, 1)
     started = datetime.datetime.now(datetime.timezone.utc)
     log(f"ntkc vs neural-tangents 0.6.5, {started.isoformat(timespec='seconds')}, "
         f"{platform.machine()} with {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     for env in envs:
         log(f"  {ENVS[env][0]}: " + ", ".join(f"{k} {v}" for k, v in sorted(versions[env].items())))
-    log(f"float32, vmap_axes=0, O={args.outputs}; {args.rounds} rounds x {repeats} timed runs per method, "
-        f"libraries alternating; compile = trace + lower + XLA compile")
-
-    cases = [(m, args.n or (QUICK_N if args.quick else DEFAULT_N)[m], t) for m in models for t in traces]
+    log(f"{args.suite} suite, float32, vmap_axes=0; {args.rounds} rounds x {repeats} timed runs per "
+        f"method (after one untimed call), libraries alternating; compile = trace + lower + XLA compile")
+    log(f"methods: ntkc {','.join(methods['ntkc-0.9.2'])}; neural-tangents {','.join(nt_methods)}")
     raw = {}
     workers = {}
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="compare-nt-"))
@@ -465,8 +591,8 @@ def main(argv=None) -> int:
             + (" (with uncommitted changes)" if source["uncommitted_changes_in_worktree"] and src == ROOT
                else ""))
         for rnd in range(args.rounds):
-            for i, (model, n, trace_axes) in enumerate(cases):
-                key = (model, tuple(trace_axes))
+            for i, case in enumerate(cases):
+                key = case_key(case)
                 # The pair compared runs back to back, in the order flipped every round and case;
                 # neural-tangents on the old JAX (reference only) runs after them.
                 pair = ["nt-0.9.2", "ntkc-0.9.2"][:: 1 if (rnd + i) % 2 == 0 else -1]
@@ -474,10 +600,9 @@ def main(argv=None) -> int:
                 for env in order:
                     kpath = None
                     if rnd == 0:
-                        kpath = str(tmp / f"{env}-{model}-{len(trace_axes)}-{{method}}.npy")
-                    spec = {"lib": ENVS[env][1], "model": model, "n": n, "outputs": args.outputs,
-                            "trace_axes": trace_axes, "methods": methods[env], "repeats": repeats,
-                            "kernel_path": kpath}
+                        kpath = str(tmp / f"{env}-{_file_key(case)}-{{method}}.npy")
+                    spec = dict(case, lib=ENVS[env][1], methods=methods[env], repeats=repeats,
+                                kernel_path=kpath, max_bytes=int(args.max_gib * 2**30) or None)
                     out = run_worker(env, spec, tmp, args.timeout, src)
                     workers.setdefault(key, {}).setdefault(env, []).append(
                         {k: v for k, v in out.items() if k != "results"})
@@ -486,13 +611,15 @@ def main(argv=None) -> int:
                         r = next((r for r in out.get("results", []) if r["method"] == m), None)
                         per.setdefault(m, []).append(r or {"method": m, "error": out.get("error", "no result")})
                     status = out.get("error", "").splitlines()[0] if out.get("error") else "ok"
-                    print(f"  round {rnd + 1}/{args.rounds} {model} trace_axes={tuple(trace_axes)} "
+                    print(f"  round {rnd + 1}/{args.rounds} {case_name(case)} "
                           f"{env}: {out.get('wall_s', 0):.0f} s, {status}", flush=True)
 
         report_cases = []
-        for model, n, trace_axes in cases:
-            key = (model, tuple(trace_axes))
-            case = {"model": model, "n": n, "outputs": args.outputs, "trace_axes": trace_axes}
+        for chosen in cases:
+            key = case_key(chosen)
+            case = {k: chosen[k] for k in ("model", "n", "outputs", "trace_axes", "x2")}
+            if chosen.get("kwargs"):
+                case["kwargs"] = chosen["kwargs"]
             for env in envs:
                 case[env] = summarize(raw[key][env])
             params = next((w.get("params") for env in envs for w in workers[key][env] if w.get("params")), None)
@@ -501,7 +628,7 @@ def main(argv=None) -> int:
             timed = {m: nt[m]["run_s_median"] for m in FIXED if m in nt and "error" not in nt[m]}
             case["nt_fastest"] = min(timed, key=timed.get) if timed else None
             agreement = {}
-            kp = lambda env, m: tmp / f"{env}-{model}-{len(trace_axes)}-{m}.npy"  # noqa: E731
+            kp = lambda env, m: tmp / f"{env}-{_file_key(chosen)}-{m}.npy"  # noqa: E731
             for m in FIXED:
                 agreement[m] = _rel_dev(kp("ntkc-0.9.2", m), kp("nt-0.9.2", m))
             agreement["auto"] = _rel_dev(kp("ntkc-0.9.2", "auto"), kp("nt-0.9.2", "auto"))
@@ -518,7 +645,8 @@ def main(argv=None) -> int:
             case["ratios_ntkc_over_nt"] = _case_ratios(case)
             report_cases.append(case)
             log()
-            log(f"{model} (P={params or 0:,}, N={n}, O={args.outputs}) trace_axes={tuple(trace_axes)}")
+            log(f"{case['model']} (P={params or 0:,}, N={case['n']}, O={case['outputs']}) "
+                f"trace_axes={tuple(case['trace_axes'])}, {'a distinct x2' if case['x2'] else 'x2=None'}")
             case_table(case, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -545,6 +673,10 @@ def main(argv=None) -> int:
     log_path.write_text("\n".join(lines) + "\n")
     print(f"\nwrote {json_path.relative_to(ROOT)} and {log_path.relative_to(ROOT)}")
     return 0
+
+
+def _file_key(case: dict) -> str:
+    return f"{case['model']}-{len(case['trace_axes'])}-{'x2' if case['x2'] else 'sym'}"
 
 
 def _case_ratios(case: dict) -> dict:
