@@ -12,21 +12,21 @@ import tarfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def export_source(dest: pathlib.Path, required: tuple, watched: tuple) -> dict:
-    """Copies ``ntkc/`` and ``bench/`` at git HEAD to ``dest``: what the workers run, so that
-    uncommitted edits in a shared checkout do not leak into the measurement. ``required``: the
+def export_source(dest: pathlib.Path, required: tuple, watched: tuple, rev: str = "HEAD") -> dict:
+    """Copies ``ntkc/`` and ``bench/`` at git ``rev`` (HEAD) to ``dest``: what the workers run, so
+    that uncommitted edits in a shared checkout do not leak into the measurement. ``required``: the
     script's own files under ``bench/``, which must be committed."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD", "ntkc",
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "ntkc",
                               "bench"], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
     for name in required:
         if not (dest / "bench" / name).exists():
             raise SystemExit(f"bench/{name} is not committed; commit it or pass --worktree")
-    return source_info(dest, watched)
+    return source_info(dest, watched, rev)
 
 
-def source_info(src: pathlib.Path, watched: tuple) -> dict:
+def source_info(src: pathlib.Path, watched: tuple, rev: str = "HEAD") -> dict:
     """The commit, whether ``src`` is it or the working tree, and whether the ``watched`` paths
     have uncommitted changes."""
     def git(*a):
@@ -34,7 +34,7 @@ def source_info(src: pathlib.Path, watched: tuple) -> dict:
                               text=True).stdout.strip()
 
     dirty = git("status", "--porcelain", "--", *watched)
-    return {"commit": git("rev-parse", "HEAD"),
+    return {"commit": git("rev-parse", rev),
             "source": "git HEAD" if src != ROOT else "working tree",
             "uncommitted_changes_in_worktree": bool(dirty)}
 

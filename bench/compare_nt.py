@@ -21,7 +21,8 @@ on JAX 0.9.2, aliases for the JAX internals it imports that moved). Neither neur
 the old JAX is ever installed next to ntkc.
 
 The workers run ``ntkc/`` and ``bench/`` as committed at git HEAD (exported to a temporary folder),
-so uncommitted edits in a shared checkout do not leak in; ``--worktree`` runs the working tree.
+so uncommitted edits in a shared checkout do not leak in; ``--rev`` names another commit (several
+runs measuring one), ``--worktree`` runs the working tree.
 
 Two suites. ``--suite small`` (the default): the plain-JAX models of ``bench/models.py``.
 ``--suite paper``: the paper's cases of ``bench/paper.py`` (``CASES``: ``fcn``, ``resnet18_8x8``,
@@ -487,6 +488,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tag", default=None, help="output name: bench/results/compare-nt-TAG.{json,log}")
     ap.add_argument("--worktree", action="store_true",
                     help="run ntkc and bench/ from the working tree instead of git HEAD")
+    ap.add_argument("--rev", default="HEAD",
+                    help="the commit whose ntkc/ and bench/ the workers run (default HEAD)")
     ap.add_argument("--setup-only", action="store_true")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     return ap
@@ -586,7 +589,7 @@ def main(argv=None) -> int:
             src, source = ROOT, _compare.source_info(ROOT, WATCHED)
         else:
             src = tmp / "src"
-            source = _compare.export_source(src, REQUIRED, WATCHED)
+            source = _compare.export_source(src, REQUIRED, WATCHED, args.rev)
         log(f"ntkc and bench/ from {source['source']} {source['commit'][:10]}"
             + (" (with uncommitted changes)" if source["uncommitted_changes_in_worktree"] and src == ROOT
                else ""))
