@@ -122,8 +122,10 @@ def _find_select_and_gather_add():
     import jax
 
     pool = lambda x: jax.lax.reduce_window(x, -jax.numpy.inf, jax.lax.max, (2,), (2,), "VALID")
-    jaxpr = jax.make_jaxpr(lambda x, t: jax.jvp(pool, (x,), (t,)))(jax.numpy.ones(4),
-                                                                   jax.numpy.ones(4))
+    # abstract inputs: an array would start the XLA backend at import, before the
+    # jax.distributed.initialize that `ntkc gram` calls
+    like = jax.ShapeDtypeStruct((4,), jax.numpy.float32)
+    jaxpr = jax.make_jaxpr(lambda x, t: jax.jvp(pool, (x,), (t,)))(like, like)
     for eqn in jaxpr.jaxpr.eqns:
         if eqn.primitive.name == "select_and_gather_add":
             return eqn.primitive
