@@ -146,7 +146,7 @@ def _estimate_whole(f, params, x1, x2, trace, method):
 
     kfn = ntkc.ntk_fn(f, trace, vmap_axes=0, method=method)
     config, args = kfn.prepare(x1, x2, params)
-    req = kfn._request(config, args, warn=False)
+    req = kfn._cost_model(config, args, warn=False)
     assignment = config.leaf_methods or (config.method,) * len(req.leaf_sizes)
     return float(req.peak(assignment)), config.method, _estimate_flops(req, config)
 
@@ -184,7 +184,8 @@ def run_method(f, params, x1, x2, trace, method, limit, repeats, max_run_s, rate
     split = bool(config.block or config.chunk)
     plan = ntkc.plan(f, x1, x2, params, trace_axes=trace, vmap_axes=0, method=method,
                      memory_limit=limit) if split or method == "structured" else None
-    row.update(plan=plan.method if split else config.method, split=split, plan_s=plan_s)
+    row.update(plan=f"{plan.method} {plan.split}" if split else config.method, split=split,
+               plan_s=plan_s)
     if plan is not None:
         row["plan_terms_flops"] = float(sum(t.cost.flops for t in plan.terms))
         row["plan_cotangent_flops"] = float(plan.cotangents.flops)

@@ -378,7 +378,6 @@ class KernelFunction:
                                 merge_kwargs(config.static_kwargs2, dyn2),
                                 self._structured_records(config, args, warn), jaxprs)
 
-    _request = _cost_model  # the old name, which bench/paper.py still calls
 
     def __call__(self, x1, x2, params, **kwargs):
         config, args = self.prepare(x1, x2, params, **kwargs)
