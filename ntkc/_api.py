@@ -54,7 +54,12 @@ def _compute(f, x1, x2, params, dyn1, dyn2, config: Config):
         key1, key2 = read_keys(kwargs1["rng"], kwargs2["rng"], config.read_rng == "pair", x1, x2)
         kwargs1, kwargs2 = {**kwargs1, "rng": key1}, {**kwargs2, "rng": key2}
     prob = Problem(f, x1, x1 if config.x2_is_x1 else x2, params, kwargs1, kwargs2, config)
-    leaves = registry.get(config.method).kernel(prob)
+    return finish(registry.get(config.method).kernel(prob), params, config)
+
+
+def finish(leaves: list, params, config: Config):
+    """A method's kernel per output leaf as the call returns it: one dtype, by parameter leaf
+    with ``by_param``, in the layout of f's output pytree."""
     if config.dtypes:  # one dtype whatever the method (jacobian's follows params', others' f's)
         leaves = [jax.tree.map(lambda k, d=d: k.astype(d), leaf)
                   for leaf, d in zip(leaves, config.dtypes)]
@@ -137,6 +142,7 @@ class KernelFunction:
         self._split_outputs = _split_outputs  # False for the kernel of one chunk of outputs
         self._check_memory = _check_memory  # False where only the configuration is wanted
         self._chunk_fns: dict[tuple[int, int], KernelFunction] = {}
+        self._chunk_sides_by_size: dict[tuple[int, int], _split.FactoredChunks] = {}
         self.__doc__ = f"Empirical NTK of {getattr(f, '__name__', f)!s} (method={method!r})."
 
     def _resolve(self, x1, x2, params, kwargs1, kwargs2, static1, static2) -> Config:
@@ -304,6 +310,13 @@ class KernelFunction:
                 self.memory_limit, self.by_param, _split_outputs=False)
         return self._chunk_fns[axis, size]
 
+    def _chunk_sides(self, axis: int, size: int) -> "_split.FactoredChunks":
+        """The chunks' sides, each computed once per row of chunks (``_split.FactoredChunks``)."""
+        if (axis, size) not in self._chunk_sides_by_size:
+            self._chunk_sides_by_size[axis, size] = _split.FactoredChunks(
+                self._chunk_fn(axis, size), finish)
+        return self._chunk_sides_by_size[axis, size]
+
     def _block_config(self, err, x1, x2, params, kwargs) -> Config:
         """The largest block of examples (halving) for which a method fits ``memory_limit``."""
         _split.check_splittable(err.config, kwargs, err.why, self.memory_limit)
@@ -384,7 +397,8 @@ class KernelFunction:
         if config.block:
             return self._blockwise(config, x1, x2, params, kwargs)
         if config.chunk:
-            return _split.chunkwise(config, self._chunk_fn(*config.chunk), x1, x2, params, kwargs)
+            return _split.chunkwise(config, self._chunk_fn(*config.chunk), x1, x2, params, kwargs,
+                                    self._chunk_sides(*config.chunk))
         return self._jit(config, args)(*args, config=config)
 
     def _blockwise(self, config, x1, x2, params, kwargs):

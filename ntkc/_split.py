@@ -12,7 +12,10 @@ of ``f`` restricted to equal chunks of its largest non-batch output axis (the co
 carries scale with the outputs), one program for every chunk (the chunk's start is an array
 argument), assembled the same way along that output axis. A free output axis needs the kernel of
 every pair of chunks (chunk a of ``f(x1)`` against chunk b of ``f(x2)``: the start differs per
-side); a traced or diagonal one only the pairs (a, a).
+side); a traced or diagonal one only the pairs (a, a). With a method that splits into sides and
+pairs (``Method.gram``: structured, jacobian), each chunk's side (its cotangent passes and
+factors) is computed once per row of chunks and paired with the columns' sides, instead of both
+sides inside every pair's program (:class:`FactoredChunks`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ntkc._problem import Config
+from ntkc import _compat
+from ntkc._problem import Config, Problem, merge_kwargs
+from ntkc.methods import registry
 
 
 class NoFit(Exception):
@@ -124,16 +129,79 @@ def chunk_vmap_axes(vmap_axes):
     return ((vmap_axes, None), vmap_axes, {})
 
 
-def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs):
+class FactoredChunks:
+    """Pairs of chunks of outputs from the chunks' sides (``Method.gram``): ``side`` computes a
+    chunk's factors and cotangents, ``pair`` the kernel of two sides. A pair's program holds both
+    sides, as the program computing them inside it does, so what fits ``memory_limit`` for one
+    fits for the other; each row's side is then kept while its columns are paired with it."""
+
+    def __init__(self, chunk_fn, finish):
+        self.chunk_fn, self.finish = chunk_fn, finish  # finish: ntkc._api.finish
+        self._programs: dict = {}
+        self._static: dict = {}  # a side's static part, per pair config (GramSides.side)
+
+    def config(self, x1, x2, params, kwargs):
+        """``(config, dyn)``: the config of two different chunks and the array keyword arguments
+        (the same on both sides: chunks refuse sided ones), or None when its method has no
+        sides and pairs."""
+        one = (x1, output_start(0))
+        config, args = self.chunk_fn.prepare(one, (x1 if x2 is None else x2, output_start(0)),
+                                             params, **kwargs)
+        method = registry.METHODS.get(config.method)
+        if (method is None or method.gram is None or config.block or config.by_param
+                or config.read_rng):
+            return None
+        return config, args[3]
+
+    def _program(self, kind, config, args, fn):
+        options = None if _compat.is_traced(args) else config.jit_options
+        key = (kind, config, options)
+        if key not in self._programs:
+            self._programs[key] = jax.jit(fn, compiler_options=options)
+        return self._programs[key](*args)
+
+    def side(self, config, dyn, x, start, params):
+        """Chunk ``start`` of ``f(x)``: its side's arrays."""
+        gram = registry.METHODS[config.method].gram
+
+        def side(x_start, params, dyn):
+            kw = merge_kwargs(config.static_kwargs1, dyn)
+            arrays, self._static[config] = gram.side(
+                Problem(self.chunk_fn.f, x_start, x_start, params, kw, kw, config))
+            return arrays
+
+        return self._program("side", config, ((x, output_start(start)), params, dyn), side)
+
+    def pair(self, config, side1, side2, params):
+        """The kernel of two chunks' sides, as the chunk's kernel function returns it."""
+        gram = registry.METHODS[config.method].gram
+
+        def pair(side1, side2, params):
+            leaves = gram.pair(config, self._static[config], side1, side2, None)
+            return self.finish(leaves, params, config)
+
+        return self._program("pair", config, (side1, side2, params), pair)
+
+
+def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs, sides: FactoredChunks = None):
     """The kernel from the kernels of chunks of outputs (``config.chunk``), each a call of
-    ``chunk_fn``, the kernel function of one chunk."""
+    ``chunk_fn``, the kernel function of one chunk, or a pair of chunks' ``sides``."""
     axis, size = config.chunk
     axes = config.axes[0]
     starts = range(0, axes.shape1[axis], size)
+    factored = None if sides is None else sides.config(x1, x2, params, kwargs)
+    row = {}  # the current row's side: its start and arrays
 
     def call(a, b):  # chunk a of f(x1) against chunk b of f(x2)
-        other = None if x2 is None and a == b else (x1 if x2 is None else x2, output_start(b))
-        return chunk_fn((x1, output_start(a)), other, params, **kwargs)
+        if factored is None:
+            other = None if x2 is None and a == b else (x1 if x2 is None else x2, output_start(b))
+            return chunk_fn((x1, output_start(a)), other, params, **kwargs)
+        pair_config, dyn = factored
+        if row.get("start") != a:
+            row.update(start=a, side=sides.side(pair_config, dyn, x1, a, params))
+        column = (row["side"] if x2 is None and a == b
+                  else sides.side(pair_config, dyn, x1 if x2 is None else x2, b, params))
+        return sides.pair(pair_config, row["side"], column, params)
 
     if axis in axes.trace:  # a mean over the outputs: the mean of equal chunks' means
         return jax.tree.map(lambda *ks: sum(ks) / len(ks), *[call(s, s) for s in starts])

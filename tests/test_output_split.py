@@ -83,6 +83,56 @@ def test_under_the_users_jit():
     np.testing.assert_allclose(got, reference_ntk(f, X1, X2, P, ()), rtol=1e-10, atol=1e-12)
 
 
+def _count_calls(obj, *names) -> dict:
+    """Wraps methods of ``obj`` to count their calls in the returned dict."""
+    calls = dict.fromkeys(names, 0)
+
+    def counting(name, method):
+        def wrapper(*args):
+            calls[name] += 1
+            return method(*args)
+        return wrapper
+
+    for name in names:
+        setattr(obj, name, counting(name, getattr(obj, name)))
+    return calls
+
+
+# One example per side: no example blocks inside a chunk, so a method with sides and pairs
+# (Method.gram) computes each chunk's side once per row of chunks and pairs the sides.
+@pytest.mark.quick
+@pytest.mark.parametrize("method, limit", [("structured", 6000), ("jacobian", 32000)])
+@pytest.mark.parametrize("trace_axes, diagonal_axes", AXES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_chunk_sides_computed_once_per_row_equal_the_kernel(method, limit, trace_axes,
+                                                           diagonal_axes, symmetric):
+    x1, x2 = X1[:1], None if symmetric else X2[1:2]
+    kfn = ntkc.ntk_fn(f, trace_axes, diagonal_axes, vmap_axes=0, method=method,
+                      memory_limit=limit)
+    config, inner = _splits(kfn, x1, x2)
+    assert config.chunk is not None and inner.block is None and inner.method == method
+    calls = _count_calls(kfn._chunk_sides(*config.chunk), "side", "pair")
+    got = kfn(x1, x2, P)
+    np.testing.assert_allclose(got, reference_ntk(f, x1, x2, P, trace_axes, diagonal_axes),
+                               rtol=1e-10, atol=1e-12)
+    n = 12 // config.chunk[1]
+    every_pair = not trace_axes and not diagonal_axes
+    pairs = (n * (n + 1) // 2 if symmetric else n * n) if every_pair else n
+    rows_and_columns = (n + (pairs - n if symmetric else pairs)) if every_pair else (
+        n if symmetric else 2 * n)
+    assert calls == {"side": rows_and_columns, "pair": pairs}
+
+
+def test_chunk_sides_under_the_users_jit_with_kwargs():
+    g = lambda p, x, scale: f(p, x) * scale
+    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=3000)
+    x1, x2 = X1[:1], X2[:1]
+    assert kfn.prepare(x1, x2, P, scale=2.0)[0].chunk is not None
+    got = jax.jit(lambda a, b, p, s: kfn(a, b, p, scale=s))(x1, x2, P, 2.0)
+    np.testing.assert_allclose(got, reference_ntk(g, x1, x2, P, (), scale=2.0),
+                               rtol=1e-10, atol=1e-12)
+
+
 def test_nothing_fits_names_both_splits():
     with pytest.raises(ntkc.PathMemoryError, match="not even for one example at a time, nor "
                                                     "for one output at a time"):
