@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import jax
 
-from ntkc import _auto, _compat, _plan, _split
+from ntkc import _auto, _compat, _plan, _slicing, _split
 from ntkc._args import (check_example_outputs, check_independent_examples,
                         check_bytes, check_inputs, check_mapping, check_method,
                         check_params, kernel_dtype,
@@ -324,9 +324,9 @@ class KernelFunction:
         size = max(batching.size1, batching.size2)
         while size > 1:
             size = (size + 1) // 2
-            xa, kwa = _split.take(x1, kwargs, batching.inputs, 0, size)
+            xa, kwa = _slicing.take((x1, kwargs), batching.inputs, 0, size)
             # x2 = x1 still pairs different blocks: check the costlier case of distinct inputs
-            xb = _split.take(x1 if x2 is None else x2, kwargs, batching.inputs, 0, size)[0]
+            xb = _slicing.take((x1 if x2 is None else x2, kwargs), batching.inputs, 0, size)[0]
             xb, kw1, kw2, _ = self._parse(xa, xb, kwa)
             try:
                 self._resolve(xa, xb, params, kw1, kw2, split_static(kw1, "kwargs")[1],
@@ -409,14 +409,15 @@ class KernelFunction:
         every_pair = any(batching.outputs[k] in a.free for k, a in enumerate(config.axes))
         grid = {}
         for i, (a0, a1) in enumerate(rows):
-            xa, kwa = _split.take(x1, kwargs, batching.inputs, a0, a1)
+            xa, kwa = _slicing.take((x1, kwargs), batching.inputs, a0, a1)
             for j, (b0, b1) in enumerate(cols):
                 if i != j and not every_pair:
                     continue
                 if x2 is None and i == j:
                     grid[i, j] = self(xa, None, params, **kwa)
                     continue
-                xb, kwb = _split.take(x1 if x2 is None else x2, kwargs, batching.inputs, b0, b1)
+                xb, kwb = _slicing.take((x1 if x2 is None else x2, kwargs), batching.inputs,
+                                        b0, b1)
                 grid[i, j] = self(xa, xb, params, **{k: (kwa[k], kwb[k]) for k in kwargs})
         return _split.assemble(config, grid, rows, cols)
 
@@ -471,8 +472,8 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
     blocks = None
     if chosen.block:  # the plan of one block: what each call of the split kernel runs
         axes, size = chosen.batching.inputs, chosen.block
-        x2 = None if x2 is None else _split.take(x2, kwargs, axes, 0, size)[0]
-        x1, kwargs = _split.take(x1, kwargs, axes, 0, size)
+        x2 = None if x2 is None else _slicing.take((x2, kwargs), axes, 0, size)[0]
+        x1, kwargs = _slicing.take((x1, kwargs), axes, 0, size)
         chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
         blocks = chosen.batching.size1
     config, args = KernelFunction(f, method=structured.NAME, _check_memory=False,

@@ -34,6 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ntkc import _slicing
 from ntkc._api import KernelFunction
 from ntkc._args import check_bytes
 from ntkc._compat import Literal
@@ -57,10 +58,6 @@ def _num_examples(x, name) -> int:
     return size
 
 
-def _take(x, start, stop):
-    return jax.tree.map(lambda l: l[start:stop], x)
-
-
 def _hash_arrays(*trees) -> str:
     h = hashlib.sha256()
     for tree in trees:
@@ -79,7 +76,7 @@ def _hash_arrays(*trees) -> str:
 def _program(f, params, x) -> tuple[str, list]:
     """f's traced program on one example, as text (object addresses removed: they change from
     run to run), and the arrays it closes over."""
-    one = jax.tree.map(lambda l: jax.ShapeDtypeStruct((1,) + np.shape(l)[1:], l.dtype), x)
+    one = _slicing.like(x, 1)
     closed = jax.make_jaxpr(lambda p, x: f(p, x))(params, one)
     return re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr)), closed.consts
 
@@ -128,7 +125,7 @@ def _choose_batch_size(kernel_fn, params, x1, n, memory_limit) -> int:
         return min(n, 64)
     size = 1
     while size * 2 <= n:
-        block = _take(x1, 0, size * 2)
+        block = _slicing.take(x1, 0, 0, size * 2)
         try:
             config, _ = kernel_fn.prepare(block, jax.tree.map(jnp.copy, block), params)
         except ValueError:  # PathMemoryError: not even one example fits
@@ -165,11 +162,6 @@ class _SideCache:
                 _, (_, freed) = self._items.popitem(last=False)
                 self.used -= freed
         return value
-
-
-def _like(x, n):
-    """Shapes and dtypes of ``n`` examples of dataset ``x``."""
-    return jax.tree.map(lambda l: jax.ShapeDtypeStruct((n,) + np.shape(l)[1:], l.dtype), x)
 
 
 def _put(tree, sharding):
@@ -213,8 +205,8 @@ class _Factored:
         self._raw_shapes = None  # with hoisting: the shapes of a side's arrays
 
     def _config(self, n1, n2=None, column_like=None):
-        x2 = None if n2 is None else _like(column_like, n2)
-        return self.kernel_fn.prepare(_like(self.like1, n1), x2, self.params)[0]
+        x2 = None if n2 is None else _slicing.like(column_like, n2)
+        return self.kernel_fn.prepare(_slicing.like(self.like1, n1), x2, self.params)[0]
 
     # Per device: one block of examples (side), or a row block against a column block (pair).
 
@@ -252,7 +244,7 @@ class _Factored:
     def _keep(self, config, n, block) -> list[bool]:
         """Which of a side's factor and cotangent arrays the tile program reads (as a row or as
         a column); the rest feed hoisted steps only and need not be kept (nor cached)."""
-        local = jax.tree.map(lambda l: jax.ShapeDtypeStruct((n,) + l.shape[1:], l.dtype), block)
+        local = _slicing.like(block, n)
         shapes = jax.eval_shape(functools.partial(self._side_local, config), self.params, local)
         self._raw_shapes = shapes[0]
         pair = functools.partial(self._pair_local, self._config(n, n, self.like1))
@@ -315,13 +307,6 @@ def _live_inputs(jaxpr) -> list[bool]:
         if eqn.effects or any(v in live for v in eqn.outvars):
             live.update(v for v in eqn.invars if not isinstance(v, Literal))
     return [v in live for v in jaxpr.invars]
-
-
-def _block(x, start, size, n):
-    """Examples ``start:start + size`` of ``x`` (``n`` examples) on the host; past the end, the
-    last example repeated, so that every block has one shape (one compilation)."""
-    index = np.minimum(np.arange(start, start + size), n - 1)
-    return jax.tree.map(lambda l: np.asarray(l[start:index[-1] + 1])[index - start], x)
 
 
 def _tile_order(tiles):
@@ -444,7 +429,8 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
         batch_size = _choose_batch_size(kernel_fn, params, X1, n1, memory_limit)
 
     # The method (auto resolved once, on one tile) and the layout.
-    config, _ = kernel_fn.prepare(_take(X1, 0, batch_size), _take(X2, 0, batch_size), params)
+    config, _ = kernel_fn.prepare(_slicing.take(X1, 0, 0, batch_size),
+                                  _slicing.take(X2, 0, 0, batch_size), params)
     if len(config.axes) != 1:
         raise ValueError("gram supports functions with one output array")
     axes = config.axes[0]
@@ -464,7 +450,7 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
         options = {k: v for k, v in ntk_options.items() if k != "method"}
         kernel_fn = KernelFunction(f, method=method, memory_limit=memory_limit, **options)
     shape = (n1, n2) + axes.kernel_shape[2:]
-    dtype = jax.eval_shape(lambda p, x: f(p, x), params, _take(X1, 0, 1)).dtype
+    dtype = jax.eval_shape(lambda p, x: f(p, x), params, _slicing.take(X1, 0, 0, 1)).dtype
 
     # Blocks of batch_size examples per device, or fewer for a small dataset.
     d = len(devices)
@@ -498,15 +484,17 @@ def gram(f: Callable, params, X1, X2=None, *, batch_size: int | None = None,
             with open(record, "w") as fh:
                 json.dump(meta, fh)
 
-    same_shapes = jax.tree.map(np.shape, _take(X1, 0, 1)) == jax.tree.map(np.shape, _take(X2, 0, 1))
+    same_shapes = (jax.tree.map(np.shape, _slicing.take(X1, 0, 0, 1))
+                   == jax.tree.map(np.shape, _slicing.take(X2, 0, 0, 1)))
     factored = _Factored(kernel_fn, params, X1, mesh, hoist=same_shapes and block1 == block2)
     sharding = NamedSharding(mesh, P(_AXIS))
     cache = _SideCache(cache_bytes)
 
     def side(x, start):
-        size, n = (block1, n1) if x is X1 else (block2, n2)
+        size = block1 if x is X1 else block2
         return cache.get((x is X1, start),
-                         lambda: factored.side(_put(_block(x, start, size, n), sharding)))
+                         lambda: factored.side(_put(_slicing.padded_block(x, start, size),
+                                                    sharding)))
 
     perm = axes.mirror_permutation()
     if out is not None and is_store(out):

@@ -36,22 +36,6 @@ class NoFit(Exception):
         self.config, self.why = config, why
 
 
-def take(x, kwargs: dict, axes, start: int, stop: int):
-    """Examples ``start:stop`` of ``(x, kwargs)`` along their batch ``axes`` (None: unbatched)."""
-    leaves, treedef = jax.tree.flatten((x, kwargs))
-    return jax.tree.unflatten(treedef, [leaf if ax is None else _slice(leaf, ax, start, stop)
-                                        for leaf, ax in zip(leaves, axes)])
-
-
-def _slice(leaf, axis, start, stop):
-    stop = min(stop, jnp.shape(leaf)[axis])
-    if isinstance(leaf, jax.ShapeDtypeStruct):  # ntkc.compile's abstract inputs
-        shape = list(leaf.shape)
-        shape[axis] = stop - start
-        return jax.ShapeDtypeStruct(tuple(shape), leaf.dtype)
-    return jax.lax.slice_in_dim(jnp.asarray(leaf), start, stop, axis=axis)
-
-
 def sided_kwargs(kwargs: dict) -> bool:
     """Whether keyword arguments differ between the sides (an rng key, a pair): a split would
     change them."""
