@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkc import _compat
+from ntkc._leaves import replace_leaves
 from ntkc._problem import Batching, Config
 from ntkc.methods import mixed, registry
 from ntkc.passes.independence import check_independent, perturbation_probe
@@ -298,13 +299,13 @@ def _on_batched(f, x, kwargs, batching: Batching):
     leaves of ``(x, kwargs)`` alone (the others closed over), and those leaves."""
     leaves, treedef = jax.tree.flatten((x, kwargs))
 
+    positions = [i for i, ax in enumerate(batching.inputs) if ax is not None]
+
     def fn(params, batched):
-        it = iter(batched)
-        full = [leaf if ax is None else next(it) for leaf, ax in zip(leaves, batching.inputs)]
-        x, kw = jax.tree.unflatten(treedef, full)
+        x, kw = jax.tree.unflatten(treedef, replace_leaves(leaves, positions, batched))
         return jax.tree.leaves(f(params, x, **kw))
 
-    return fn, [leaf for leaf, ax in zip(leaves, batching.inputs) if ax is not None]
+    return fn, [leaves[i] for i in positions]
 
 
 def check_example_outputs(f, params, x, kwargs, batching: Batching, out) -> None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from ntkc import _compat
 from ntkc._axes import KernelAxes
+from ntkc._leaves import replace_leaves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +144,10 @@ class Problem:
         axes = None if batching is None else [batching.inputs[i] for i in index]
 
         def fn(params, arrays):
-            full = list(leaves)
-            for k, (i, a) in enumerate(zip(index, arrays)):
-                full[i] = a if axes is None or axes[k] is None else jnp.expand_dims(a, axes[k])
-            x, kw = jax.tree_util.tree_unflatten(treedef, full)
+            if axes is not None:
+                arrays = [a if ax is None else jnp.expand_dims(a, ax)
+                          for a, ax in zip(arrays, axes)]
+            x, kw = jax.tree_util.tree_unflatten(treedef, replace_leaves(leaves, index, arrays))
             outs = jax.tree_util.tree_leaves(self.f(params, x, **kw))
             if batching is None:
                 return outs
@@ -172,10 +173,10 @@ class Problem:
         """``(params, batched leaves of one example) -> flat output leaves`` without batch axes
         (:meth:`side_fn` with the unbatched arrays closed over)."""
         fn, arrays, axes = self.side_fn(side)
+        batched_positions = [k for k, ax in enumerate(axes) if ax is not None]
 
         def example(params, batched):
-            it = iter(batched)
-            return fn(params, [a if ax is None else next(it) for a, ax in zip(arrays, axes)])
+            return fn(params, replace_leaves(arrays, batched_positions, batched))
 
         return example
 

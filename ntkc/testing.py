@@ -7,6 +7,8 @@ import math
 import jax
 import numpy as np
 
+from ntkc._leaves import replace_leaves
+
 
 def _canonical(axes, ndim):
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
@@ -50,10 +52,8 @@ def _jacobian(f, params, x, kwargs):
     arrays = [i for i, l in enumerate(leaves) if isinstance(l, (np.ndarray, jax.Array))]
 
     def g(p, arrs):
-        full = list(leaves)
-        for i, a in zip(arrays, arrs):
-            full[i] = a
-        return jax.tree.leaves(f(p, jax.tree.unflatten(treedef, full), **kwargs))
+        x = jax.tree.unflatten(treedef, replace_leaves(leaves, arrays, arrs))
+        return jax.tree.leaves(f(p, x, **kwargs))
 
     return jax.jit(jax.jacrev(g))(params, [leaves[i] for i in arrays])
 

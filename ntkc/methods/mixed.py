@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
+from ntkc import _leaves
 from ntkc._problem import Problem
 from ntkc.methods import registry
 
@@ -18,16 +17,9 @@ NAME = "mixed"
 
 def restrict(prob: Problem, leaves: list[int], method: str) -> Problem:
     """``prob`` as a function of the parameter leaves ``leaves`` only, for ``method``."""
-    all_leaves, treedef = jax.tree.flatten(prob.params)
-
-    def f(group, x, **kwargs):
-        full = list(all_leaves)
-        for i, value in zip(leaves, group):
-            full[i] = value
-        return prob.f(jax.tree.unflatten(treedef, full), x, **kwargs)
-
+    f, group = _leaves.restrict(prob.f, prob.params, leaves)
     config = dataclasses.replace(prob.config, method=method, leaf_methods=None)
-    return dataclasses.replace(prob, f=f, params=[all_leaves[i] for i in leaves], config=config)
+    return dataclasses.replace(prob, f=f, params=group, config=config)
 
 
 def kernel(prob: Problem) -> list:

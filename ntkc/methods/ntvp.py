@@ -16,21 +16,13 @@ import jax.numpy as jnp
 
 from ntkc._axes import KernelAxes
 from ntkc._compat import forward_mode_blocked
+from ntkc._leaves import restrict
 from ntkc._problem import Problem
 from ntkc.methods._batch import place_example_axes
 from ntkc.methods.registry import Method, register
 from ntkc.passes import capability
 
 NAME = "ntvp"
-
-
-def _only_leaf(tree, leaf):
-    """``tree`` with every leaf but number ``leaf`` zeroed (or ``tree`` itself for None)."""
-    if leaf is None:
-        return tree
-    leaves, treedef = jax.tree.flatten(tree)
-    return jax.tree.unflatten(
-        treedef, [l if i == leaf else jnp.zeros_like(l) for i, l in enumerate(leaves)])
 
 
 def _jvp(f, params, transpose: bool):
@@ -47,20 +39,26 @@ def _jvp(f, params, transpose: bool):
 def _pair_kernel(f1, f2, params, axes: KernelAxes, by_param: bool = False,
                  transpose: bool = False):
     """Θ for one output leaf given ``f1, f2: params -> that leaf`` (with ``by_param``, the list
-    of each parameter leaf's part: one JVP per leaf, the tangent restricted to that leaf;
+    of each parameter leaf's part: one JVP per leaf, of ``f1`` restricted to that leaf;
     ``transpose``: JVPs as transposed VJPs)."""
     out2, vjp2 = jax.vjp(f2, params)
-    jvp1 = _jvp(f1, params, transpose)
     n = math.prod(axes.shape2)
     paired = set(axes.trace) | set(axes.diagonal)
-    leaves = list(range(len(jax.tree.leaves(params)))) if by_param else [None]
+    if by_param:  # per leaf, the JVP of f1 restricted to that leaf: its part of the kernel
+        jvps = []
+        for leaf in range(len(jax.tree.leaves(params))):
+            g, group = restrict(f1, params, [leaf])
+            jvp = _jvp(g, group, transpose)
+            jvps.append(lambda v, jvp=jvp, leaf=leaf: jvp([jax.tree.leaves(v)[leaf]]))
+    else:
+        jvps = [_jvp(f1, params, transpose)]
 
     def column(i):
         e = jnp.zeros((n,), out2.dtype).at[i].set(1).reshape(axes.shape2)
         (v,) = vjp2(e)
         index = jnp.unravel_index(i, axes.shape2) if axes.shape2 else ()
         select = tuple(index[a] if a in paired else slice(None) for a in range(axes.ndim))
-        return [jvp1(_only_leaf(v, leaf))[select] for leaf in leaves]
+        return [jvp(v)[select] for jvp in jvps]
 
     columns = jax.vmap(column)(jnp.arange(n))
     free1 = [axes.shape1[a] for a in axes.free]
