@@ -67,17 +67,25 @@ class KernelAxes:
     def trace_size(self) -> int:
         return math.prod(self.shape1[a] for a in self.trace)
 
+    def layout(self) -> tuple[tuple[int, ...], ...]:
+        """Per output axis, its positions in the kernel: none if traced, one if diagonal, two
+        (``x1``'s then ``x2``'s) if free. The other layout methods all derive from this one."""
+        out, pos = [], 0
+        for a in range(self.ndim):
+            width = 0 if a in self.trace else 1 if a in self.diagonal else 2
+            out.append(tuple(range(pos, pos + width)))
+            pos += width
+        return tuple(out)
+
     @property
     def kernel_shape(self) -> tuple[int, ...]:
-        shape = []
-        for a in range(self.ndim):
-            if a in self.trace:
-                continue
-            if a in self.diagonal:
-                shape.append(self.shape1[a])
-            else:
-                shape += [self.shape1[a], self.shape2[a]]
-        return tuple(shape)
+        return tuple(n for a, ps in enumerate(self.layout())
+                     for n in (self.shape1[a], self.shape2[a])[:len(ps)])
+
+    def kernel_labels(self) -> list[int]:
+        """The kernel's axes as einsum integers: ``2a`` for output axis ``a`` (``x1``'s side),
+        ``2a + 1`` for a free axis's ``x2`` side, in kernel order."""
+        return [2 * a + k for a, ps in enumerate(self.layout()) for k in range(len(ps))]
 
     def labels(self, letters: str = string.ascii_letters) -> tuple[str, str, str]:
         """Einsum labels ``(out1, out2, kernel)`` for this leaf's output axes.
@@ -85,51 +93,22 @@ class KernelAxes:
         Traced and diagonal axes share a label between ``out1`` and ``out2``; free axes get two.
         Uses the first ``2 * ndim`` of ``letters``.
         """
-        l1, l2, out = [], [], []
-        for a in range(self.ndim):
-            a1, a2 = letters[2 * a], letters[2 * a + 1]
-            if a in self.trace:
-                l1.append(a1)
-                l2.append(a1)
-            elif a in self.diagonal:
-                l1.append(a1)
-                l2.append(a1)
-                out.append(a1)
-            else:
-                l1.append(a1)
-                l2.append(a2)
-                out += [a1, a2]
+        paired = set(self.trace) | set(self.diagonal)
+        l1 = [letters[2 * a] for a in range(self.ndim)]
+        l2 = [letters[2 * a + (a not in paired)] for a in range(self.ndim)]
+        out = [letters[i] for i in self.kernel_labels()]
         return "".join(l1), "".join(l2), "".join(out)
 
     def kernel_position(self, axis: int) -> tuple[int, ...]:
         """Positions in the kernel of output axis ``axis`` (one if diagonal, two if free)."""
-        pos = 0
-        for a in range(self.ndim):
-            if a in self.trace:
-                width = 0
-            elif a in self.diagonal:
-                width = 1
-            else:
-                width = 2
-            if a == axis:
-                return tuple(range(pos, pos + width))
-            pos += width
-        raise ValueError(axis)
+        if not 0 <= axis < self.ndim:
+            raise ValueError(axis)
+        return self.layout()[axis]
 
     def mirror_permutation(self) -> list[int]:
         """The axes permutation that turns K(x2-side, x1-side) into K(x1-side, x2-side) for a
         symmetric kernel: every pair of free axes swapped, diagonal axes kept."""
-        perm, pos = [], 0
-        for a in range(self.ndim):
-            if a in self.trace:
-                continue
-            if a in self.diagonal:
-                perm.append(pos)
-                pos += 1
-            else:
-                perm += [pos + 1, pos]
-                pos += 2
-        return perm
+        return [p for ps in self.layout() for p in reversed(ps)]
 
     def drop(self, axis: int) -> "KernelAxes":
         """The axes of the same leaf with output axis ``axis`` removed (per-example view)."""
