@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from ntkc import _compat
-from ntkc._api import KernelFunction, _compute
+from ntkc._api import KernelFunction
 from ntkc._args import check_mapping
 from ntkc.methods import structured
 from ntkc.passes.cost import Cost
@@ -281,7 +281,8 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
       x1, x2, params: arrays or ``jax.ShapeDtypeStruct`` pytrees (only shapes and dtypes are
         used); ``x2=None`` means ``x2 = x1``, and the program is then called with ``x2=None``.
       trace_axes, diagonal_axes, vmap_axes, method, strict, memory_limit: as for
-        :func:`ntkc.ntk_fn`.
+        :func:`ntkc.ntk_fn`. A kernel split into blocks of examples under ``memory_limit`` is
+        one program holding every block; a split into chunks of outputs is refused.
       kwargs: keyword arguments of ``f``, split between the sides as the kernel function does
         (a 2-tuple gives one item per side, an ``rng`` key is split). Non-array values are static;
         array values (an rng key, a mask) are baked into the program as constants, so they must
@@ -307,21 +308,13 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
                    method=method, strict=strict, memory_limit=memory_limit)
     a1, a2, ap = _abstract(x1), (None if x2 is None else _abstract(x2)), _abstract(params)
     kfn = KernelFunction(f, **options)
-    config, args = kfn.prepare(a1, a2, ap, **kwargs)
+    config, _ = kfn.prepare(a1, a2, ap, **kwargs)
     if config.chunk:
         axis, size = config.chunk
         raise ValueError(f"memory_limit={memory_limit}: the kernel for these shapes is computed "
                          f"in chunks of {size} outputs along output axis {axis}, which one "
                          "compiled program cannot hold; raise memory_limit, or compile a function "
                          "that returns one chunk of the outputs")
-    if config.block:
-        raise ValueError(f"memory_limit={memory_limit}: the kernel for these shapes is computed "
-                         f"in blocks of {config.block} examples, which one compiled program "
-                         f"cannot hold; compile for {config.block} examples a side instead")
-    _, args_x2, _, dyn1, dyn2 = args
-    # prepare may set x2 = x1 (x2=None with kwargs that differ per side): the program then takes
-    # x1's leaves for x2.
-    x2_from_x1 = x2 is None and args_x2 is not None
     signature = _Signature(_ArgSpec.of("x1", a1),
                            None if x2 is None else _ArgSpec.of("x2", a2),
                            _ArgSpec.of("params", ap))
@@ -336,11 +329,9 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
                 continue
             trees.append(jax.tree.unflatten(treedef, leaves[pos : pos + treedef.num_leaves]))
             pos += treedef.num_leaves
-        t1, t2, tp = trees
-        if x2_from_x1:
-            t2 = t1
-        out = _compute(f, t1, t2, tp, dyn1, dyn2, config=config)
-        return jax.tree.leaves(out)
+        # the kernel function itself, traced: a split into blocks of examples runs block by
+        # block inside this one program
+        return jax.tree.leaves(kfn(*trees, **kwargs))
 
     jitted = jax.jit(flat_fn, compiler_options=config.jit_options)
     lowered = jitted.lower(*signature.abstract_leaves())
@@ -368,7 +359,11 @@ class Compiled:
         self._f, self._abstract_args, self._plan_args = f, abstract_args, plan_args
         self._config, self._signature, self._jitted = config, signature, jitted
         self.lowered, self.executable = lowered, executable
-        self.method = config.method
+
+    @functools.cached_property
+    def method(self) -> str:
+        """The method the program runs (for a split into blocks, the one each block runs)."""
+        return self.plan.method if self._config.block else self._config.method
 
     def __call__(self, x1, x2, params):
         flat = self._signature.flatten(x1, x2, params)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.scipy.sparse.linalg import cg
 
 from ntkc import _compat
-from ntkc._api import check_params
+from ntkc._args import check_params
 
 
 def ntk_vp_fn(f: Callable, x1, x2, params, **kwargs) -> Callable:

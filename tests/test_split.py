@@ -105,7 +105,17 @@ def test_what_cannot_be_split_is_refused_clearly():
                     memory_limit=LIMIT)(X1, X2, PARAMS, rng=jax.random.PRNGKey(0))
 
 
-def test_compile_refuses_a_split_and_names_the_block():
-    with pytest.raises(ValueError, match="compile for [0-9]+ examples a side"):
-        ntkc.compile(f, jax.ShapeDtypeStruct(X1.shape, X1.dtype), None, PARAMS, vmap_axes=0,
-                     method="jacobian", memory_limit=LIMIT)
+@pytest.mark.parametrize("method", ["jacobian", "ntvp"])
+@pytest.mark.parametrize("same", [True, False])
+def test_compile_a_split_into_blocks(method, same):
+    """ntkc.compile holds a split into blocks in one program: the kernel function's result."""
+    x2 = None if same else X2
+    options = dict(vmap_axes=0, method=method, memory_limit=LIMIT)
+    abstract = lambda x: None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype)
+    compiled = ntkc.compile(f, abstract(X1), abstract(x2), PARAMS, **options)
+    assert compiled.plan.split is not None and compiled.plan.split.examples
+    assert compiled.method == compiled.plan.method != "blocks"
+    got = compiled(X1, x2, PARAMS)
+    np.testing.assert_allclose(got, ntkc.ntk_fn(f, **options)(X1, x2, PARAMS),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, reference_ntk(f, X1, x2, PARAMS), rtol=1e-10, atol=1e-12)
