@@ -138,9 +138,10 @@ class FactoredChunks:
         return config, args[3]
 
     def _program(self, kind, config, args, fn):
-        options = None if _compat.is_traced(args) else config.jit_options
-        key = (kind, config, options)
+        nested = _compat.is_traced(args)  # inside the user's jit: no options of its own
+        key = (kind, config, nested)
         if key not in self._programs:
+            options = None if nested else config.jit_options
             self._programs[key] = jax.jit(fn, compiler_options=options)
         return self._programs[key](*args)
 

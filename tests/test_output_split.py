@@ -27,9 +27,14 @@ AXES = [((), ()), ((-1,), ()), ((), (-1,))]
 
 def _splits(kfn, x1, x2):
     """(the outer config, the config of one chunk's kernel)."""
-    config, _ = kfn.prepare(x1, x2, P)
+    return _splits_of(kfn, x1, x2, P)
+
+
+def _splits_of(kfn, x1, x2, params):
+    config, _ = kfn.prepare(x1, x2, params)
     inner = kfn._chunk_fn(*config.chunk).prepare(
-        (x1, _split.output_start(0)), (x1 if x2 is None else x2, _split.output_start(0)), P)[0]
+        (x1, _split.output_start(0)), (x1 if x2 is None else x2, _split.output_start(0)),
+        params)[0]
     return config, inner
 
 
@@ -121,6 +126,25 @@ def test_chunk_sides_computed_once_per_row_equal_the_kernel(method, limit, trace
     rows_and_columns = (n + (pairs - n if symmetric else pairs)) if every_pair else (
         n if symmetric else 2 * n)
     assert calls == {"side": rows_and_columns, "pair": pairs}
+
+
+def test_chunk_sides_of_a_convolutional_model():
+    """A model with convolutions: on CPU its programs take XLA options (hashable keys)."""
+    r = np.random.default_rng(3)
+    p = {"c": r.standard_normal((3, 3, 2, 3)) / 4, "w": r.standard_normal((48, 10)) / 7}
+
+    def g(p, x):
+        h = jax.lax.conv_general_dilated(x, p["c"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(h).reshape(x.shape[0], -1) @ p["w"]
+
+    x1, x2 = r.standard_normal((1, 4, 4, 2)), r.standard_normal((1, 4, 4, 2))
+    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=12000)
+    config, inner = _splits_of(kfn, x1, x2, p)
+    assert config.chunk is not None and inner.block is None
+    for other in (None, x2):
+        np.testing.assert_allclose(kfn(x1, other, p), reference_ntk(g, x1, other, p, ()),
+                                   rtol=1e-10, atol=1e-12)
 
 
 def test_chunk_sides_under_the_users_jit_with_kwargs():
