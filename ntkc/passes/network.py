@@ -82,15 +82,6 @@ def _output_labels(axes: KernelAxes, side: int) -> list[int]:
     return [2 * a if (side == 1 or a in shared) else 2 * a + 1 for a in range(axes.ndim)]
 
 
-def _kernel_labels(axes: KernelAxes) -> list[int]:
-    out = []
-    for a in range(axes.ndim):
-        if a in axes.trace:
-            continue
-        out += [2 * a] if a in axes.diagonal else [2 * a, 2 * a + 1]
-    return out
-
-
 class _Labeler:
     """Maps a form's local labels to einsum integers: parameter labels shared, others private."""
 
@@ -208,7 +199,7 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
     """The kernel of output leaf ``k``: Σ over leaves and pairs of uses, traced and laid out
     (with ``by_param``, a list of each parameter leaf's contribution instead of their sum);
     every einsum runs through :func:`contract` with ``contraction``."""
-    out = _kernel_labels(axes)
+    out = axes.kernel_labels()
     floating = [c for c in jax.tree.leaves(s1.cotangents[k]) if _is_float(c)]
     dtype = jnp.result_type(*floating) if floating else jnp.float32
     per_leaf = []
