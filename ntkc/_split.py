@@ -113,11 +113,20 @@ def chunk_vmap_axes(vmap_axes):
     return ((vmap_axes, None), vmap_axes, {})
 
 
+# The share of ``memory_limit`` that two chunks' sides (their arrays, exactly) may take for
+# the factored path; the rest is left to the pair's contraction. Measured on ResNet-18 (224²,
+# O=1000, chunks of 125): sides of 3.0 GiB each, the pair-of-sides program 7.2 GiB in all
+# (XLA), where the program computing both sides inside it peaks at 2.3 GiB (it frees each
+# layer's cotangents and patches once contracted).
+SIDES_SHARE = 0.75
+
+
 class FactoredChunks:
     """Pairs of chunks of outputs from the chunks' sides (``Method.gram``): ``side`` computes a
-    chunk's factors and cotangents, ``pair`` the kernel of two sides. A pair's program holds both
-    sides, as the program computing them inside it does, so what fits ``memory_limit`` for one
-    fits for the other; each row's side is then kept while its columns are paired with it."""
+    chunk's factors and cotangents, ``pair`` the kernel of two sides; each row's side is kept
+    while its columns are paired with it. Used when two sides fit in ``SIDES_SHARE`` of
+    ``memory_limit``: a side holds every use's cotangents and factors at once, which the
+    program of a pair of chunks need not."""
 
     def __init__(self, chunk_fn, finish):
         self.chunk_fn, self.finish = chunk_fn, finish  # finish: ntkc._api.finish
@@ -135,7 +144,13 @@ class FactoredChunks:
         if (method is None or method.gram is None or config.block or config.by_param
                 or config.read_rng):
             return None
-        return config, args[3]
+        dyn = args[3]
+        if config.memory_limit is not None:
+            side = jax.eval_shape(self._side_fn(config), one, params, dyn)
+            side_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(side))
+            if 2 * side_bytes > SIDES_SHARE * config.memory_limit:
+                return None
+        return config, dyn
 
     def _program(self, kind, config, args, fn):
         nested = _compat.is_traced(args)  # inside the user's jit: no options of its own
@@ -145,8 +160,7 @@ class FactoredChunks:
             self._programs[key] = jax.jit(fn, compiler_options=options)
         return self._programs[key](*args)
 
-    def side(self, config, dyn, x, start, params):
-        """Chunk ``start`` of ``f(x)``: its side's arrays."""
+    def _side_fn(self, config):
         gram = registry.METHODS[config.method].gram
 
         def side(x_start, params, dyn):
@@ -155,7 +169,12 @@ class FactoredChunks:
                 Problem(self.chunk_fn.f, x_start, x_start, params, kw, kw, config))
             return arrays
 
-        return self._program("side", config, ((x, output_start(start)), params, dyn), side)
+        return side
+
+    def side(self, config, dyn, x, start, params):
+        """Chunk ``start`` of ``f(x)``: its side's arrays."""
+        return self._program("side", config, ((x, output_start(start)), params, dyn),
+                             self._side_fn(config))
 
     def pair(self, config, side1, side2, params):
         """The kernel of two chunks' sides, as the chunk's kernel function returns it."""

@@ -104,9 +104,11 @@ def _count_calls(obj, *names) -> dict:
 
 
 # One example per side: no example blocks inside a chunk, so a method with sides and pairs
-# (Method.gram) computes each chunk's side once per row of chunks and pairs the sides.
+# (Method.gram) computes each chunk's side once per row of chunks and pairs the sides. (The
+# jacobian method's chunk is as large as two sides' Jacobians allow, so its two sides never
+# fit in their share of memory_limit: its chunks stay one program per pair.)
 @pytest.mark.quick
-@pytest.mark.parametrize("method, limit", [("structured", 6000), ("jacobian", 32000)])
+@pytest.mark.parametrize("method, limit", [("structured", 6000)])
 @pytest.mark.parametrize("trace_axes, diagonal_axes", AXES)
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_chunk_sides_computed_once_per_row_equal_the_kernel(method, limit, trace_axes,
@@ -126,6 +128,19 @@ def test_chunk_sides_computed_once_per_row_equal_the_kernel(method, limit, trace
     rows_and_columns = (n + (pairs - n if symmetric else pairs)) if every_pair else (
         n if symmetric else 2 * n)
     assert calls == {"side": rows_and_columns, "pair": pairs}
+
+
+def test_chunks_whose_sides_do_not_fit_are_paired_inside_one_program(monkeypatch):
+    """When two sides would take more than their share of memory_limit, each pair of chunks
+    is one program again (both sides computed inside it): same kernel, no side calls."""
+    monkeypatch.setattr(_split, "SIDES_SHARE", 0.0)
+    x1, x2 = X1[:1], X2[1:2]
+    kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured", memory_limit=6000)
+    config, _ = _splits(kfn, x1, x2)
+    calls = _count_calls(kfn._chunk_sides(*config.chunk), "side", "pair")
+    np.testing.assert_allclose(kfn(x1, x2, P), reference_ntk(f, x1, x2, P, ()),
+                               rtol=1e-10, atol=1e-12)
+    assert calls == {"side": 0, "pair": 0}
 
 
 def test_chunk_sides_of_a_convolutional_model():
