@@ -132,6 +132,7 @@ class FactoredChunks:
         self.chunk_fn, self.finish = chunk_fn, finish  # finish: ntkc._api.finish
         self._programs: dict = {}
         self._static: dict = {}  # a side's static part, per pair config (GramSides.side)
+        self._fits: dict = {}  # per pair config: whether two sides fit (see SIDES_SHARE)
 
     def config(self, x1, x2, params, kwargs):
         """``(config, dyn)``: the config of two different chunks and the array keyword arguments
@@ -145,12 +146,18 @@ class FactoredChunks:
                 or config.read_rng):
             return None
         dyn = args[3]
-        if config.memory_limit is not None:
+        if config.memory_limit is not None and not self._sides_fit(config, one, params, dyn):
+            return None
+        return config, dyn
+
+    def _sides_fit(self, config, one, params, dyn) -> bool:
+        """Whether two sides' arrays fit in their share of ``memory_limit`` (once per config:
+        it traces a side)."""
+        if config not in self._fits:
             side = jax.eval_shape(self._side_fn(config), one, params, dyn)
             side_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(side))
-            if 2 * side_bytes > SIDES_SHARE * config.memory_limit:
-                return None
-        return config, dyn
+            self._fits[config] = 2 * side_bytes <= SIDES_SHARE * config.memory_limit
+        return self._fits[config]
 
     def _program(self, kind, config, args, fn):
         nested = _compat.is_traced(args)  # inside the user's jit: no options of its own
