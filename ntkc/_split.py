@@ -15,7 +15,8 @@ every pair of chunks (chunk a of ``f(x1)`` against chunk b of ``f(x2)``: the sta
 side); a traced or diagonal one only the pairs (a, a). With a method that splits into sides and
 pairs (``Method.gram``: structured, jacobian), each chunk's side (its cotangent passes and
 factors) is computed once per row of chunks and paired with the columns' sides, instead of both
-sides inside every pair's program (:class:`FactoredChunks`).
+sides inside every pair's program, when XLA's memory analysis of those programs fits
+``memory_limit`` (:class:`FactoredChunks`).
 """
 
 from __future__ import annotations
@@ -113,59 +114,103 @@ def chunk_vmap_axes(vmap_axes):
     return ((vmap_axes, None), vmap_axes, {})
 
 
-# The share of ``memory_limit`` that two chunks' sides (their arrays, exactly) may take for
-# the factored path; the rest is left to the pair's contraction. Measured on ResNet-18 (224²,
-# O=1000, chunks of 125): sides of 3.0 GiB each, the pair-of-sides program 7.2 GiB in all
-# (XLA), where the program computing both sides inside it peaks at 2.3 GiB (it frees each
-# layer's cotangents and patches once contracted).
-SIDES_SHARE = 0.75
+# Where XLA gives no memory analysis: the share of ``memory_limit`` that two chunks' sides
+# (their arrays) may take, the rest left to the pair's contraction.
+SIDES_SHARE = 0.5
+
+
+def _program_bytes(compiled) -> int | None:
+    """A compiled program's peak as XLA's memory analysis counts it (arguments, outputs and
+    temporaries), or None without one."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # a backend without memory analysis
+        return None
+    if m is None:
+        return None
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
+
+
+def _nbytes(tree) -> int:
+    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
 
 class FactoredChunks:
     """Pairs of chunks of outputs from the chunks' sides (``Method.gram``): ``side`` computes a
     chunk's factors and cotangents, ``pair`` the kernel of two sides; each row's side is kept
-    while its columns are paired with it. Used when two sides fit in ``SIDES_SHARE`` of
-    ``memory_limit``: a side holds every use's cotangents and factors at once, which the
-    program of a pair of chunks need not."""
+    while its columns are paired with it.
+
+    A side holds every use's cotangents and factors at once, which the program of a pair of
+    chunks frees as it contracts (ResNet-18, 224², O=1000, chunks of 125: sides of 2.4 GiB, the
+    pair-of-sides program 7.2 GiB, the pair program computing both sides inside it 2.3 GiB). So
+    under ``memory_limit`` this is used only when XLA's memory analysis of its programs fits
+    the limit: the pair of sides, and a side's program while a row's side is kept. Inside the
+    user's jit (no program of its own to analyse) each pair then stays one program.
+    """
 
     def __init__(self, chunk_fn, finish):
         self.chunk_fn, self.finish = chunk_fn, finish  # finish: ntkc._api.finish
-        self._programs: dict = {}
+        self._compiled: dict = {}  # (kind, config, argument shapes) -> compiled program
+        self._nested: dict = {}  # (kind, config) -> jitted program, inside the user's jit
         self._static: dict = {}  # a side's static part, per pair config (GramSides.side)
-        self._fits: dict = {}  # per pair config: whether two sides fit (see SIDES_SHARE)
+        self._fits: dict = {}  # per pair config: whether its programs fit memory_limit
 
     def config(self, x1, x2, params, kwargs):
         """``(config, dyn)``: the config of two different chunks and the array keyword arguments
         (the same on both sides: chunks refuse sided ones), or None when its method has no
-        sides and pairs."""
-        one = (x1, output_start(0))
-        config, args = self.chunk_fn.prepare(one, (x1 if x2 is None else x2, output_start(0)),
-                                             params, **kwargs)
+        sides and pairs or its programs would not fit ``memory_limit``."""
+        one, other = (x1, output_start(0)), (x1 if x2 is None else x2, output_start(0))
+        config, args = self.chunk_fn.prepare(one, other, params, **kwargs)
         method = registry.METHODS.get(config.method)
         if (method is None or method.gram is None or config.block or config.by_param
                 or config.read_rng):
             return None
         dyn = args[3]
-        if config.memory_limit is not None and not self._sides_fit(config, one, params, dyn):
+        if config.memory_limit is not None and (_compat.is_traced((x1, x2, params, dyn))
+                                                or not self._fit(config, one, other, params,
+                                                                 dyn)):
             return None
         return config, dyn
 
-    def _sides_fit(self, config, one, params, dyn) -> bool:
-        """Whether two sides' arrays fit in their share of ``memory_limit`` (once per config:
-        it traces a side)."""
+    def _fit(self, config, one, other, params, dyn) -> bool:
+        """Whether the side and pair programs fit ``memory_limit``: a row's side kept while a
+        column's side is computed, and the pair of them (once per config)."""
         if config not in self._fits:
-            side = jax.eval_shape(self._side_fn(config), one, params, dyn)
-            side_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(side))
-            self._fits[config] = 2 * side_bytes <= SIDES_SHARE * config.memory_limit
+            row_args, column_args = _abstract((one, params, dyn)), _abstract((other, params, dyn))
+            row = jax.eval_shape(self._side_fn(config), *row_args)
+            column = jax.eval_shape(self._side_fn(config), *column_args)
+            peaks = (_program_bytes(self._program("side", config, column_args)),
+                     _program_bytes(self._program("pair", config, (row, column, row_args[1]))))
+            if None in peaks:
+                fits = _nbytes(row) + _nbytes(column) <= SIDES_SHARE * config.memory_limit
+            else:
+                fits = max(_nbytes(row) + peaks[0], peaks[1]) <= config.memory_limit
+            self._fits[config] = fits
         return self._fits[config]
 
-    def _program(self, kind, config, args, fn):
-        nested = _compat.is_traced(args)  # inside the user's jit: no options of its own
-        key = (kind, config, nested)
-        if key not in self._programs:
-            options = None if nested else config.jit_options
-            self._programs[key] = jax.jit(fn, compiler_options=options)
-        return self._programs[key](*args)
+    def _program(self, kind, config, abstract_args):
+        """The compiled side or pair program of ``config`` for these argument shapes (with the
+        config's XLA options)."""
+        leaves, treedef = jax.tree.flatten(abstract_args)
+        key = (kind, config, treedef, tuple(leaves))
+        if key not in self._compiled:
+            fn = self._side_fn(config) if kind == "side" else self._pair_fn(config)
+            self._compiled[key] = jax.jit(fn, compiler_options=config.jit_options).lower(
+                *abstract_args).compile()
+        return self._compiled[key]
+
+    def _run(self, kind, config, args):
+        if _compat.is_traced(args):  # inside the user's jit: part of its program
+            key = (kind, config)
+            if key not in self._nested:
+                self._nested[key] = jax.jit(
+                    self._side_fn(config) if kind == "side" else self._pair_fn(config))
+            return self._nested[key](*args)
+        return self._program(kind, config, _abstract(args))(*args)
 
     def _side_fn(self, config):
         gram = registry.METHODS[config.method].gram
@@ -178,20 +223,22 @@ class FactoredChunks:
 
         return side
 
-    def side(self, config, dyn, x, start, params):
-        """Chunk ``start`` of ``f(x)``: its side's arrays."""
-        return self._program("side", config, ((x, output_start(start)), params, dyn),
-                             self._side_fn(config))
-
-    def pair(self, config, side1, side2, params):
-        """The kernel of two chunks' sides, as the chunk's kernel function returns it."""
+    def _pair_fn(self, config):
         gram = registry.METHODS[config.method].gram
 
         def pair(side1, side2, params):
             leaves = gram.pair(config, self._static[config], side1, side2, None)
             return self.finish(leaves, params, config)
 
-        return self._program("pair", config, (side1, side2, params), pair)
+        return pair
+
+    def side(self, config, dyn, x, start, params):
+        """Chunk ``start`` of ``f(x)``: its side's arrays."""
+        return self._run("side", config, ((x, output_start(start)), params, dyn))
+
+    def pair(self, config, side1, side2, params):
+        """The kernel of two chunks' sides, as the chunk's kernel function returns it."""
+        return self._run("pair", config, (side1, side2, params))
 
 
 def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs, sides: FactoredChunks = None):

@@ -112,7 +112,10 @@ def _count_calls(obj, *names) -> dict:
 @pytest.mark.parametrize("trace_axes, diagonal_axes", AXES)
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_chunk_sides_computed_once_per_row_equal_the_kernel(method, limit, trace_axes,
-                                                           diagonal_axes, symmetric):
+                                                           diagonal_axes, symmetric, monkeypatch):
+    # XLA's memory analysis says the side and pair programs fit (at these tiny sizes its count
+    # of the params and outputs alone exceeds the limit; the refusal is tested below)
+    monkeypatch.setattr(_split, "_program_bytes", lambda compiled: 0)
     x1, x2 = X1[:1], None if symmetric else X2[1:2]
     kfn = ntkc.ntk_fn(f, trace_axes, diagonal_axes, vmap_axes=0, method=method,
                       memory_limit=limit)
@@ -130,9 +133,13 @@ def test_chunk_sides_computed_once_per_row_equal_the_kernel(method, limit, trace
     assert calls == {"side": rows_and_columns, "pair": pairs}
 
 
-def test_chunks_whose_sides_do_not_fit_are_paired_inside_one_program(monkeypatch):
-    """When two sides would take more than their share of memory_limit, each pair of chunks
-    is one program again (both sides computed inside it): same kernel, no side calls."""
+@pytest.mark.parametrize("analysis", ["too large", "none"])
+def test_chunks_whose_sides_do_not_fit_are_paired_inside_one_program(monkeypatch, analysis):
+    """When XLA's memory analysis of the side and pair programs exceeds memory_limit (or,
+    without one, two sides exceed their share), each pair of chunks is one program again (both
+    sides computed inside it): same kernel, no side calls."""
+    monkeypatch.setattr(_split, "_program_bytes",
+                        lambda compiled: 2**60 if analysis == "too large" else None)
     monkeypatch.setattr(_split, "SIDES_SHARE", 0.0)
     x1, x2 = X1[:1], X2[1:2]
     kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured", memory_limit=6000)
@@ -143,8 +150,9 @@ def test_chunks_whose_sides_do_not_fit_are_paired_inside_one_program(monkeypatch
     assert calls == {"side": 0, "pair": 0}
 
 
-def test_chunk_sides_of_a_convolutional_model():
+def test_chunk_sides_of_a_convolutional_model(monkeypatch):
     """A model with convolutions: on CPU its programs take XLA options (hashable keys)."""
+    monkeypatch.setattr(_split, "_program_bytes", lambda compiled: 0)
     r = np.random.default_rng(3)
     p = {"c": r.standard_normal((3, 3, 2, 3)) / 4, "w": r.standard_normal((48, 10)) / 7}
 
@@ -157,9 +165,11 @@ def test_chunk_sides_of_a_convolutional_model():
     kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=12000)
     config, inner = _splits_of(kfn, x1, x2, p)
     assert config.chunk is not None and inner.block is None
+    calls = _count_calls(kfn._chunk_sides(*config.chunk), "pair")
     for other in (None, x2):
         np.testing.assert_allclose(kfn(x1, other, p), reference_ntk(g, x1, other, p, ()),
                                    rtol=1e-10, atol=1e-12)
+    assert calls["pair"] > 0
 
 
 def test_chunk_sides_under_the_users_jit_with_kwargs():
