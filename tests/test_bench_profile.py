@@ -22,13 +22,17 @@ def _program():
 @pytest.mark.quick
 def test_conv_and_dot_flops_from_the_hlo():
     hlo = profile.parse_hlo(_program())
-    by_kind = {}
+    flops = {}
+    for info in hlo.values():  # each convolution and dot, wherever XLA fused it
+        if info["opcode"] in ("convolution", "dot"):
+            flops.setdefault(info["opcode"], set()).add(profile.op_flops(info, hlo))
+    assert flops == {"convolution": {2 * 2 * 8 * 8 * 5 * (3 * 3 * 3)},
+                     "dot": {2 * 2 * 7 * (8 * 8 * 5)}}
+    # a fusion counts the FLOPs of everything it runs
     for info in hlo.values():
-        if info["body"] or info["opcode"] in ("convolution", "dot"):
-            by_kind.setdefault(profile.kind(info), []).append(profile.op_flops(info, hlo))
-    # a fusion and the instruction it calls both list the same convolution: count the largest
-    assert max(by_kind["conv"]) == 2 * 2 * 8 * 8 * 5 * (3 * 3 * 3)
-    assert max(by_kind["dot"]) == 2 * 2 * 7 * (8 * 8 * 5)
+        if info["body"]:
+            inner = [i for i in info["body"] if i["opcode"] in ("convolution", "dot")]
+            assert profile.op_flops(info, hlo) == sum(profile.op_flops(i, hlo) for i in inner)
 
 
 @pytest.mark.quick
