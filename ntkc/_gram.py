@@ -137,10 +137,6 @@ def _choose_batch_size(kernel_fn, params, x1, n, memory_limit) -> int:
     return size
 
 
-def _nbytes(tree) -> int:
-    return sum(int(l.nbytes) for l in jax.tree.leaves(tree))
-
-
 class _SideCache:
     """Sides by key, at most ``budget`` bytes (of all devices together), least recently used
     evicted first; a side larger than the budget is not kept."""
@@ -154,7 +150,7 @@ class _SideCache:
             self._items.move_to_end(key)
             return self._items[key][0]
         value = compute()
-        size = _nbytes(value)
+        size = _slicing.nbytes(value)
         if size <= self.budget:
             self._items[key] = (value, size)
             self.used += size

@@ -64,3 +64,8 @@ def padded_block(tree, start: int, size: int):
         return piece[np.minimum(np.arange(size), len(piece) - 1)]
 
     return jax.tree.map(pad, tree)
+
+
+def nbytes(tree) -> int:
+    """Bytes of a pytree's arrays (device, host or ``jax.ShapeDtypeStruct``)."""
+    return sum(int(np.prod(np.shape(l))) * np.dtype(l.dtype).itemsize for l in jax.tree.leaves(tree))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ntkc import _compat
+from ntkc import _compat, _slicing
 from ntkc._problem import Config, Problem, merge_kwargs
 from ntkc.methods import registry
 
@@ -135,10 +135,6 @@ def _abstract(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
 
-def _nbytes(tree) -> int:
-    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
-
-
 class FactoredChunks:
     """Pairs of chunks of outputs from the chunks' sides (``Method.gram``): ``side`` computes a
     chunk's factors and cotangents, ``pair`` the kernel of two sides; each row's side is kept
@@ -186,9 +182,9 @@ class FactoredChunks:
             peaks = (_program_bytes(self._program("side", config, column_args)),
                      _program_bytes(self._program("pair", config, (row, column, row_args[1]))))
             if None in peaks:
-                fits = _nbytes(row) + _nbytes(column) <= SIDES_SHARE * config.memory_limit
+                fits = _slicing.nbytes(row) + _slicing.nbytes(column) <= SIDES_SHARE * config.memory_limit
             else:
-                fits = max(_nbytes(row) + peaks[0], peaks[1]) <= config.memory_limit
+                fits = max(_slicing.nbytes(row) + peaks[0], peaks[1]) <= config.memory_limit
             self._fits[config] = fits
         return self._fits[config]
 
