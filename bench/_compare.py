@@ -12,18 +12,25 @@ import tarfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def export_source(dest: pathlib.Path, required: tuple, watched: tuple, rev: str = "HEAD") -> dict:
-    """Copies ``ntkc/`` and ``bench/`` at git ``rev`` (HEAD) to ``dest``: what the workers run, so
-    that uncommitted edits in a shared checkout do not leak into the measurement. ``required``: the
-    script's own files under ``bench/``, which must be committed."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "ntkc",
-                              "bench"], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
+def export_source(dest: pathlib.Path, required: tuple, watched: tuple, rev: str = "HEAD",
+                  bench_rev: str | None = None) -> dict:
+    """Copies ``ntkc/`` at git ``rev`` (HEAD) and ``bench/`` at ``bench_rev`` (default: ``rev``)
+    to ``dest``: what the workers run, so that uncommitted edits in a shared checkout do not leak
+    into the measurement, and several runs can measure one commit's ``ntkc/`` with the newest
+    harness. ``required``: the script's own files under ``bench/``, which must be committed."""
+    bench_rev = bench_rev or rev
+    for path, at in (("ntkc", rev), ("bench", bench_rev)):
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", at, path],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(dest, filter="data")
     for name in required:
         if not (dest / "bench" / name).exists():
             raise SystemExit(f"bench/{name} is not committed; commit it or pass --worktree")
-    return source_info(dest, watched, rev)
+    info = source_info(dest, watched, rev)
+    if bench_rev != rev:
+        info["bench_commit"] = source_info(dest, watched, bench_rev)["commit"]
+    return info
 
 
 def source_info(src: pathlib.Path, watched: tuple, rev: str = "HEAD") -> dict:
@@ -57,6 +64,31 @@ def fmt(v, spec):
         width = "".join(c for c in spec.split(".")[0] if c.isdigit())
         return format("-", f">{width}") if width else "-"
     return format(v, spec)
+
+
+def status(error) -> str:
+    """A worker's or method's error as one short cell: ``"ok"``; ``"does not fit: needs X GiB"``
+    (refused before running: XLA's memory analysis of the compiled program over the limit, or
+    ntkc's planner found no split that fits); ``"out of memory"`` (XLA could not allocate, or the
+    process was killed, as the kernel's OOM killer does, with SIGKILL); ``"timed out ..."``;
+    else the error's first line."""
+    import re
+
+    if not error:
+        return "ok"
+    text = str(error)
+    refused = re.search(r"memory analysis of the compiled program says ([\d.]+) GiB", text)
+    if refused:
+        return f"does not fit: needs {refused.group(1)} GiB"
+    if "PathMemoryError" in text:
+        needs = re.search(r"needs about ([\d.e+]+) bytes", text)
+        return ("does not fit: needs " + (f"{float(needs.group(1)) / 2**30:.1f} GiB" if needs
+                                           else "more than memory_limit") + " (ntkc's planner)")
+    if re.search(r"RESOURCE_EXHAUSTED|[Oo]ut of memory|MemoryError|exited with -9\b", text):
+        return "out of memory"
+    if "timed out" in text:
+        return text.strip().splitlines()[0]
+    return text.strip().splitlines()[0][:120] if text.strip() else "failed"
 
 
 def ratio(a, b):

@@ -21,8 +21,9 @@ on JAX 0.9.2, aliases for the JAX internals it imports that moved). Neither neur
 the old JAX is ever installed next to ntkc.
 
 The workers run ``ntkc/`` and ``bench/`` as committed at git HEAD (exported to a temporary folder),
-so uncommitted edits in a shared checkout do not leak in; ``--rev`` names another commit (several
-runs measuring one), ``--worktree`` runs the working tree.
+so uncommitted edits in a shared checkout do not leak in; ``--rev`` names another commit for
+``ntkc/`` (several runs measuring one), ``--bench-rev`` for ``bench/`` (default HEAD: the newest
+harness), ``--worktree`` runs the working tree.
 
 Two suites. ``--suite small`` (the default): the plain-JAX models of ``bench/models.py``.
 ``--suite paper``: the paper's cases of ``bench/paper.py`` (``CASES``: ``fcn``, ``resnet18_8x8``,
@@ -39,6 +40,15 @@ timed calls; peak memory is XLA's memory analysis of the compiled kernel (argume
 temporaries; JAX 0.4.25's CPU client reports none). The kernels of the first round are compared:
 ntkc's method against neural-tangents' same implementation, ntkc auto against neural-tangents'
 fastest implementation on that case.
+
+Memory. A compiled program whose XLA memory analysis exceeds ``--max-gib`` (default 14) is not run:
+the method reports "does not fit: needs X GiB". ``--memory-limit-gib`` is ntkc's
+``memory_limit``: where the whole kernel does not fit, ntkc computes it in blocks of examples or
+chunks of outputs, several programs called as a user calls them (compile s = first call less the
+fastest run; memory: the process's peak RSS, as no one program's analysis covers it). A worker
+that XLA cannot allocate for, that the kernel kills (SIGKILL, the OOM killer), that times out
+(``--timeout``) or that fails otherwise reports it per method ("out of memory", "timed out ...")
+and keeps the methods it finished; the run goes on.
 
 Ratios are ntkc / neural-tangents on JAX 0.9.2: compile (trace + lower + compile), median run,
 peak memory. neural-tangents on JAX 0.4.25 is shown beside them, for reference only.
@@ -227,7 +237,8 @@ def worker(spec_path: str, out_path: str) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    info = {"jax": jax.__version__, "device": jax.devices()[0].device_kind, "load_start": os.getloadavg()}
+    info = {"jax": jax.__version__, "device": jax.devices()[0].device_kind, "load_start": os.getloadavg(),
+            "memory_limit": spec.get("memory_limit")}
     if spec["lib"] == "nt":
         from bench import _nt_shim
 
@@ -244,7 +255,8 @@ def worker(spec_path: str, out_path: str) -> int:
         info.update(library="ntkc", version=ntkc.__version__, file=ntkc.__file__)
 
         def make(f, method, trace_axes):
-            kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method)
+            kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method=method,
+                                    memory_limit=spec.get("memory_limit"))
             return kernel_fn, kernel_fn.prepare, kernel_fn.compiler_options
 
     # One-time XLA start-up, so that it is charged to no method.
@@ -263,6 +275,15 @@ def worker(spec_path: str, out_path: str) -> int:
             if prepare is not None:
                 config, _ = prepare(x, x2, params)
                 r["resolved"] = config.method
+                if config.block or config.chunk:  # split under memory_limit: several programs
+                    r.update(_run_split(jax, np, kernel_fn, config, x, x2, params, spec, start))
+                    if spec.get("kernel_path"):
+                        np.save(spec["kernel_path"].format(method=method), r.pop("theta"))
+                    r.pop("theta", None)
+                    results.append(r)
+                    pathlib.Path(out_path).write_text(
+                        json.dumps(dict(info, results=results, partial=True)))
+                    continue
             # ntkc's own XLA options (none on JAX 0.9.2, where they are XLA's defaults)
             jit_options = options(x, x2, params) if options else None
             lowered, args = lower(jax, kernel_fn, x, x2, params, jit_options)
@@ -299,6 +320,31 @@ def worker(spec_path: str, out_path: str) -> int:
     return 0
 
 
+def _run_split(jax, np, kernel_fn, config, x, x2, params, spec, start) -> dict:
+    """ntkc's kernel under ``memory_limit`` in blocks of examples or chunks of outputs: several
+    programs, each compiled on the first call, so it is called as the user calls it (not inside
+    one jit). ``trace_s``: planning (``prepare``); ``compile_s``: the first call less the median
+    run; no XLA memory analysis of one program: ``rss_mib``, the process's peak RSS so far."""
+    import resource
+
+    out = {"split": (f"{config.method}: blocks of {config.block} examples" if config.block else
+                     f"{config.method}: chunks of {config.chunk[1]} outputs along output axis "
+                     f"{config.chunk[0]}"), "peak_bytes": None}
+    out["trace_s"] = time.perf_counter() - start
+    t = time.perf_counter()
+    theta = jax.block_until_ready(kernel_fn(x, x2, params))
+    out["first_call_s"] = time.perf_counter() - t
+    times = []
+    for _ in range(spec["repeats"]):
+        t = time.perf_counter()
+        jax.block_until_ready(kernel_fn(x, x2, params))
+        times.append(time.perf_counter() - t)
+    out.update(run_s=times, compile_s=max(out["first_call_s"] - min(times), 0.0), xla_flops=None,
+               rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               theta=np.asarray(theta))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Driver.
 
@@ -310,25 +356,26 @@ def run_worker(env: str, spec: dict, tmp: pathlib.Path, timeout: float, src: pat
     out_path.unlink(missing_ok=True)
     envvars = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TF_CPP_MIN_LOG_LEVEL="3")
     envvars.pop("PYTHONPATH", None)
+    load = os.getloadavg()  # as `uptime` shows it, when the worker starts
     start = time.perf_counter()
     try:
         done = subprocess.run([str(_python(folder)), str(src / "bench" / "compare_nt.py"), "--worker",
                                str(spec_path), str(out_path)], capture_output=True, text=True,
                               timeout=timeout, env=envvars, cwd=str(src))
+        error = None
+        if done.returncode or not out_path.exists():
+            signal = f" (signal {-done.returncode}: killed)" if done.returncode < 0 else ""
+            error = (f"worker exited with {done.returncode}{signal}:\n"
+                     + (done.stderr or done.stdout)[-3000:])
     except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {timeout:.0f} s", "results": []}
+        error = f"worker timed out after {timeout:.0f} s"
     wall = time.perf_counter() - start
-    if done.returncode or not out_path.exists():
-        tail = (done.stderr or done.stdout)[-3000:]
-        error = f"worker exited with {done.returncode}:\n{tail}"
-        if not out_path.exists():
-            return {"error": error, "results": [], "wall_s": wall}
-        # The methods finished before it died keep their results; the others get the error.
-        out = json.loads(out_path.read_text())
-        out.update(error=error, wall_s=wall)
-        return out
-    out = json.loads(out_path.read_text())
-    out["wall_s"] = wall
+    try:  # what the worker wrote: all its methods, or those done before it died or timed out
+        out = json.loads(out_path.read_text()) if out_path.exists() else {"results": []}
+    except (OSError, json.JSONDecodeError):
+        out = {"results": []}
+    # The methods not done get the worker's error; partial: one method's results written so far.
+    out.update({"wall_s": wall, "load_before": load}, **({"error": error} if error else {}))
     return out
 
 
@@ -360,6 +407,10 @@ def summarize(runs: dict) -> dict:
         }
         if ok[0].get("resolved"):
             out[method]["resolved"] = ok[0]["resolved"]
+        if ok[0].get("split"):  # several programs under memory_limit: no one memory analysis
+            out[method].update(split=ok[0]["split"],
+                               first_call_s=_median([r["first_call_s"] for r in ok]),
+                               rss_mib=max(r["rss_mib"] for r in ok))
         if len(ok) < len(rounds):
             out[method]["errors_in_other_rounds"] = [r["error"] for r in rounds if "error" in r]
     return out
@@ -383,7 +434,7 @@ def case_table(case: dict, log) -> None:
         if s is None:
             return f"{'':>32}"
         if "error" in s:
-            return f"{'failed (see below)':>32}"
+            return f"{_compare.status(s['error'])[:31]:>32}"
         return (f"{_fmt(s['total_compile_s'], '>10.2f')}{_fmt(s['run_s_median'], '>11.4f')}"
                 f"{_fmt(_mib(s['peak_bytes']), '>11.1f')}")
 
@@ -398,7 +449,7 @@ def case_table(case: dict, log) -> None:
         if s is None:
             return ""
         if "error" in s:
-            return f"{'failed':>21}"
+            return f"{_compare.status(s['error'])[:21]:>21}"
         return f"{_fmt(s['total_compile_s'], '>10.2f')}{_fmt(s['run_s_median'], '>11.4f')}"
 
     for m in ("jacobian", "ntvp", "structured", "auto"):
@@ -421,7 +472,11 @@ def case_table(case: dict, log) -> None:
         for m, s in (case.get(env) or {}).items():
             if "error" in s:
                 first = s["error"].strip().splitlines()
-                log(f"  {lib} {m} failed: {' '.join(first[:3])[:300]}")
+                log(f"  {lib} {m}: {_compare.status(s['error'])}: {' '.join(first[:3])[:300]}")
+            elif s.get("split"):
+                log(f"  {lib} {m}: {s['split']} (peak MiB: none of one program; the process's "
+                    f"peak RSS {s['rss_mib']:.0f} MiB; compile s = first call "
+                    f"{s['first_call_s']:.1f} s less the fastest run)")
 
 
 def summary_table(cases: list, log) -> None:
@@ -485,11 +540,19 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-gib", type=float, default=14,
                     help="a compiled program whose XLA memory analysis exceeds this is not run "
                          "(reported as an error); 0: no limit")
+    ap.add_argument("--memory-limit-gib", type=float, default=0,
+                    help="ntkc's memory_limit (GiB): where the whole kernel does not fit, ntkc "
+                         "computes it in blocks of examples or chunks of outputs (several "
+                         "programs, called as the user calls them); 0: none (default)")
     ap.add_argument("--tag", default=None, help="output name: bench/results/compare-nt-TAG.{json,log}")
+    ap.add_argument("--results-dir", default=None, help="where to write them (default bench/results)")
     ap.add_argument("--worktree", action="store_true",
                     help="run ntkc and bench/ from the working tree instead of git HEAD")
     ap.add_argument("--rev", default="HEAD",
                     help="the commit whose ntkc/ and bench/ the workers run (default HEAD)")
+    ap.add_argument("--bench-rev", default="HEAD",
+                    help="the commit whose bench/ (this harness, the models) the workers run "
+                         "(default HEAD; --rev names ntkc's)")
     ap.add_argument("--setup-only", action="store_true")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     return ap
@@ -554,7 +617,7 @@ def main(argv=None) -> int:
     envs = ["nt-0.9.2", "ntkc-0.9.2"] + ([] if args.no_old_jax else ["nt-0.4.25"])
     tag = args.tag or ("paper-" if args.suite == "paper" else "") + f"cpu-{os.cpu_count()}core" + (
         "-quick" if args.quick else "")
-    results_dir = ROOT / "bench" / "results"
+    results_dir = pathlib.Path(args.results_dir) if args.results_dir else ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     log_path = results_dir / f"compare-nt-{tag}.log"
     lines = []
@@ -581,6 +644,9 @@ def main(argv=None) -> int:
     log(f"{args.suite} suite, float32, vmap_axes=0; {args.rounds} rounds x {repeats} timed runs per "
         f"method (after one untimed call), libraries alternating; compile = trace + lower + XLA compile")
     log(f"methods: ntkc {','.join(methods['ntkc-0.9.2'])}; neural-tangents {','.join(nt_methods)}")
+    log(f"a program whose XLA memory analysis exceeds {args.max_gib:g} GiB is not run (--max-gib); "
+        f"ntkc's memory_limit: " + (f"{args.memory_limit_gib:g} GiB" if args.memory_limit_gib
+                                    else "none"))
     raw = {}
     workers = {}
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="compare-nt-"))
@@ -589,8 +655,9 @@ def main(argv=None) -> int:
             src, source = ROOT, _compare.source_info(ROOT, WATCHED)
         else:
             src = tmp / "src"
-            source = _compare.export_source(src, REQUIRED, WATCHED, args.rev)
+            source = _compare.export_source(src, REQUIRED, WATCHED, args.rev, args.bench_rev)
         log(f"ntkc and bench/ from {source['source']} {source['commit'][:10]}"
+            + (f" (bench/ from {source['bench_commit'][:10]})" if source.get("bench_commit") else "")
             + (" (with uncommitted changes)" if source["uncommitted_changes_in_worktree"] and src == ROOT
                else ""))
         for rnd in range(args.rounds):
@@ -605,7 +672,8 @@ def main(argv=None) -> int:
                     if rnd == 0:
                         kpath = str(tmp / f"{env}-{_file_key(case)}-{{method}}.npy")
                     spec = dict(case, lib=ENVS[env][1], methods=methods[env], repeats=repeats,
-                                kernel_path=kpath, max_bytes=int(args.max_gib * 2**30) or None)
+                                kernel_path=kpath, max_bytes=int(args.max_gib * 2**30) or None,
+                                memory_limit=int(args.memory_limit_gib * 2**30) or None)
                     out = run_worker(env, spec, tmp, args.timeout, src)
                     workers.setdefault(key, {}).setdefault(env, []).append(
                         {k: v for k, v in out.items() if k != "results"})
@@ -613,9 +681,11 @@ def main(argv=None) -> int:
                     for m in methods[env]:
                         r = next((r for r in out.get("results", []) if r["method"] == m), None)
                         per.setdefault(m, []).append(r or {"method": m, "error": out.get("error", "no result")})
-                    status = out.get("error", "").splitlines()[0] if out.get("error") else "ok"
+                    statuses = ", ".join(f"{m} {_compare.status(per[m][-1].get('error'))}"
+                                         for m in methods[env])
                     print(f"  round {rnd + 1}/{args.rounds} {case_name(case)} "
-                          f"{env}: {out.get('wall_s', 0):.0f} s, {status}", flush=True)
+                          f"{env}: {out.get('wall_s', 0):.0f} s, load {out['load_before'][0]:.2f} "
+                          f"at start; {statuses}", flush=True)
 
         report_cases = []
         for chosen in cases:
@@ -674,7 +744,7 @@ def main(argv=None) -> int:
     json_path = results_dir / f"compare-nt-{tag}.json"
     json_path.write_text(json.dumps(report, indent=1))
     log_path.write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {json_path.relative_to(ROOT)} and {log_path.relative_to(ROOT)}")
+    print(f"\nwrote {json_path} and {log_path}")
     return 0
 
 

@@ -141,3 +141,89 @@ def test_compare_nt_worker_reports_a_program_over_max_bytes_without_running_it(t
     _, _, x2 = compare_nt.build(dict(spec, x2=True))[1:]
     _, _, none = compare_nt.build(spec | {"x2": False})[1:]
     assert x2.shape == (2, 784) and none is None
+
+
+def test_compare_status_names_refusals_and_out_of_memory():
+    from bench._compare import status
+
+    assert status(None) == "ok"
+    assert status("MemoryError: not run: XLA's memory analysis of the compiled program says 29.3 "
+                  "GiB, over the limit of 14.0 GiB (--max-gib)") == "does not fit: needs 29.3 GiB"
+    assert status("PathMemoryError: memory_limit=8: method 'jacobian' needs about 3.2212e+10 bytes "
+                  "for the whole batch") == "does not fit: needs 30.0 GiB (ntkc's planner)"
+    assert status("PathMemoryError: memory_limit=8: no contraction order fits").startswith(
+        "does not fit: needs more than memory_limit")
+    for oom in ("XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 31138512896 bytes.",
+                "worker exited with -9 (signal 9: killed):\n", "MemoryError: std::bad_alloc"):
+        assert status(oom) == "out of memory", oom
+    assert status("worker timed out after 60 s") == "worker timed out after 60 s"
+    assert status("worker exited with 1:\nTraceback ...") == "worker exited with 1:"
+
+
+def test_compare_nt_worker_streams_ntkc_under_memory_limit(tmp_path):
+    """Where the whole kernel does not fit memory_limit, ntkc's worker calls the kernel function
+    as a user does (chunks of outputs: several programs), not inside one jit."""
+    import numpy as np
+
+    from bench import compare_nt, paper_models
+    from ntkc.testing import reference_ntk
+
+    kwargs = dict(n=1, outputs=8, width=8, depth=2, inputs=5)
+    f, params, x1, x2 = paper_models.fcn(**kwargs)
+    spec = {"lib": "ntkc", "model": "fcn", "factory": "fcn", "kwargs": kwargs, "n": 1,
+            "outputs": 8, "trace_axes": [], "x2": True, "methods": ["structured"], "repeats": 2,
+            "kernel_path": str(tmp_path / "{method}.npy"), "memory_limit": 2000}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert compare_nt.worker(str(tmp_path / "spec.json"), str(tmp_path / "out.json")) == 0
+    (r,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert "error" not in r, r
+    assert "chunks of" in r["split"] and r["peak_bytes"] is None and r["rss_mib"] > 0
+    assert len(r["run_s"]) == 2 and r["compile_s"] >= 0 and r["first_call_s"] > 0
+    np.testing.assert_allclose(np.load(tmp_path / "structured.npy"),
+                               reference_ntk(f, x1, x2, params, trace_axes=()), rtol=1e-4, atol=1e-6)
+    summary = compare_nt.summarize({"structured": [r]})["structured"]
+    assert summary["split"] == r["split"] and summary["peak_bytes"] is None
+
+
+def test_compare_nt_run_worker_reports_a_worker_that_dies_or_times_out(tmp_path, monkeypatch):
+    import pathlib
+    import sys
+
+    from bench import compare_nt
+
+    monkeypatch.setattr(compare_nt, "_python", lambda folder: pathlib.Path(sys.executable))
+    spec = {"lib": "ntkc", "model": "x", "factory": "no_such_model", "kwargs": {}, "n": 1,
+            "outputs": 1, "trace_axes": [], "x2": False, "methods": ["structured"], "repeats": 1}
+    out = compare_nt.run_worker("ntkc-0.9.2", spec, tmp_path, 600, compare_nt.ROOT)
+    assert out["results"] == [] and out["error"].startswith("worker exited with 1")
+    assert "no_such_model" in out["error"] and len(out["load_before"]) == 3
+    out = compare_nt.run_worker("ntkc-0.9.2", spec, tmp_path, 0.01, compare_nt.ROOT)
+    assert out["results"] == [] and out["error"] == "worker timed out after 0 s"
+
+
+def test_compare_nt_run_goes_on_when_workers_fail_or_are_refused(tmp_path, monkeypatch):
+    """A whole (tiny) run: neural-tangents' worker dies at once (here /bin/false stands for it)
+    and ntkc's program is refused by --max-gib; the run still writes its report, each failure
+    named per method."""
+    import pathlib
+    import sys
+
+    from bench import compare_nt
+
+    nt_folder = compare_nt.ENVS["nt-0.9.2"][0]  # its worker exits at once, with status 1
+    monkeypatch.setattr(compare_nt, "_python", lambda folder: pathlib.Path(
+        "/bin/false" if folder == nt_folder else sys.executable))
+    monkeypatch.setattr(compare_nt, "setup_env", lambda env, log: None)
+    monkeypatch.setattr(compare_nt, "env_versions", lambda env: {})
+    status = compare_nt.main(["--models", "mlp", "--n", "2", "--outputs", "2", "--trace", "traced",
+                              "--rounds", "1", "--methods", "structured", "--no-old-jax",
+                              "--worktree", "--max-gib", "1e-9", "--tag", "t",
+                              "--results-dir", str(tmp_path)])
+    assert status == 0
+    report = json.loads((tmp_path / "compare-nt-t.json").read_text())
+    (case,) = report["cases"]
+    nt, kc = case["nt-0.9.2"]["structured"], case["ntkc-0.9.2"]["structured"]
+    assert nt["error"].startswith("worker exited with 1") and kc["error"].startswith("MemoryError: not run")
+    log = (tmp_path / "compare-nt-t.log").read_text()
+    assert "ntkc 0.9.2 structured: does not fit: needs 0.0 GiB" in log
+    assert case["ratios_ntkc_over_nt"] == {}
