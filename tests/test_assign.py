@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import no_rule
 import ntkc
 from ntkc import _auto, pipeline
 import ntkc.rules
@@ -157,13 +158,14 @@ def test_assign_keeps_structured_unless_another_is_clearly_cheaper():
 
 
 def rnn_model(hdim=16, wide=256, steps=33, d=3, n=4):
-    """steps: longer than the loops the structured method unrolls (passes/unroll.MAX_LENGTH)."""
+    """The recurrent weight u enters a primitive with no structured rule (tests/no_rule.py):
+    the dense rule, once per step, hoisted out of the loop (passes/rolled)."""
     params = {"u": normal((hdim, hdim), hdim**-0.5), "w_in": normal((d, hdim)),
               "head": {"w1": normal((hdim, wide), hdim**-0.5), "w2": normal((wide, 4), wide**-0.5)}}
 
     def f(p, x):  # x: (N, steps, d)
         def step(h, xt):
-            return jnp.tanh(h @ p["u"] + xt @ p["w_in"]), None
+            return jnp.tanh(no_rule.matmul(h, p["u"]) + xt @ p["w_in"]), None
 
         h, _ = lax.scan(step, jnp.zeros((x.shape[0], hdim), x.dtype), jnp.swapaxes(x, 0, 1))
         return jnp.tanh(h @ p["head"]["w1"]) @ p["head"]["w2"]
@@ -176,7 +178,7 @@ def test_auto_mixes_methods_on_an_rnn_with_a_wide_head():
     f, params, x1, _ = rnn_model()
     plan = ntkc.plan(f, x1, None, params, vmap_axes=0, trace_axes=())
     assert plan.method == "mixed", plan
-    assert plan.leaf_methods["['u']"] != "structured"  # its long scan: the dense fallback
+    assert plan.leaf_methods["['u']"] != "structured"  # its dense fallback
     assert plan.leaf_methods["['head']['w1']"] == "structured"  # the wide layer
     assert plan.method_costs["mixed"] < min(v for k, v in plan.method_costs.items() if k != "mixed")
     assert "mixed" in repr(plan) and "estimated FLOPs per method" in repr(plan)
@@ -200,7 +202,7 @@ def test_auto_mixed_kernel_equals_the_reference(trace_axes, x2):
 
 
 def test_dense_fallback_is_charged_to_the_structured_estimate():
-    """The scan's dense rule costs |operand| forward-mode passes per example: the larger the
+    """u's dense rule costs |operand| forward-mode passes per example: the larger the
     recurrent weight, the costlier structured is against jacobian."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

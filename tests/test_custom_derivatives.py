@@ -191,13 +191,18 @@ def long_fori(p, x):  # longer than the loops the structured method unrolls
 
 
 def test_control_flow_fallback_reported():
-    # a short fori loop (a scan of length 3) is unrolled: its uses get rules, no fallback
+    # a short fori loop (a scan of length 3) is unrolled, a long one stays rolled with its uses
+    # hoisted out of the loop: rules, no fallback
     ntkc.ntk_fn(fori, method="structured", strict=True)(XC, None, CONTROL)
-    with pytest.warns(UserWarning, match="no structured rule for primitive 'scan'"):
-        got = ntkc.ntk_fn(long_fori, method="structured")(XC, None, CONTROL)
+    got = ntkc.ntk_fn(long_fori, method="structured", strict=True)(XC, None, CONTROL)
     np.testing.assert_allclose(got, ntkc.testing.reference_ntk(long_fori, XC, None, CONTROL),
                                rtol=1e-9,
                                atol=1e-11)
+    # a while loop into which only the parameters enter: its dense rule, reported
+    with pytest.warns(UserWarning, match="no structured rule for primitive 'while'"):
+        got = ntkc.ntk_fn(loop_on_params, method="structured")(XC, None, CONTROL)
+    want = ntkc.testing.reference_ntk(loop_on_params_fori, XC, None, CONTROL)  # reversible
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
 
 
 # --- while_loop -------------------------------------------------------------------------------

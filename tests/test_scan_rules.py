@@ -74,14 +74,14 @@ def test_one_term_per_layer_of_stacked_weights():
     assert all(t.method == "structured" for t in layers) and not plan.fallbacks
 
 
-def test_a_loop_longer_than_the_unroll_limit_takes_the_dense_rule():
+def test_a_loop_longer_than_the_unroll_limit_stays_rolled_without_fallback():
+    """Longer loops keep their loop; their uses are hoisted out (tests/test_long_scans.py)."""
     depth = unroll.MAX_LENGTH + 1
     params = {**STACK, "w": normal(depth, 6, 6) / 4}
-    plan = ntkc.plan(residual_stack, X_STACK[0], None, params, vmap_axes=0, method="structured")
-    assert [fb.primitive for fb in plan.fallbacks] == ["scan"]
-    with pytest.raises(ntkc.UnsupportedPrimitiveError, match="scan"):
-        ntkc.ntk_fn(residual_stack, vmap_axes=0, method="structured", strict=True)(
-            X_STACK[0], None, params)
+    plan = ntkc.plan(residual_stack, X_STACK[0], None, params, vmap_axes=0, method="structured",
+                     strict=True)
+    assert not plan.fallbacks
+    assert sum(t.leaf == "['w']" for t in plan.terms) == 1  # one term, summed over the layers
 
 
 # --------------------------------------------------------------------- framework models

@@ -7,9 +7,9 @@ parameter (a selection, folded into the use's chain by ``ntkc.passes.uses``), so
 term per layer, as for the unrolled stack, and the terms of different layers vanish (their
 selections are disjoint). Weights closed over by the loop (an RNN cell's) are used once per
 iteration: the weight-shared sum over pairs of iterations. The carry's cotangents flow back
-through the unrolled iterations. Done by re-tracing, like ``ntkc.passes.inline``; loops longer
-than :data:`MAX_LENGTH` stay rolled and take the dense rule (the pairs of iterations would make
-the program quadratic in the length).
+through the unrolled iterations. Done by re-tracing, like ``ntkc.passes.inline``. Loops longer
+than :data:`MAX_LENGTH` stay rolled (unrolled, the program and its compile time would grow with
+the length): ``ntkc.passes.rolled`` moves their parameter uses out of the loop instead.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from jax import lax
 
 from ntkc._compat import Literal, bind, read
 from ntkc.passes.inline import eval_inlined
+from ntkc.passes.rolled import hoist_scan_uses
 from ntkc.trace import Traced
 
 MAX_LENGTH = 32
@@ -60,7 +61,12 @@ def _unrolled(eqn, args: list) -> list:
 
 
 def unroll_scans(traced: Traced) -> Traced:
-    """``traced`` with its short tangent scans unrolled (their bodies' calls inlined)."""
+    """``traced`` with its short tangent scans unrolled (their bodies' calls inlined) and the
+    parameter uses of the long ones hoisted out of their loops (``ntkc.passes.rolled``)."""
+    return hoist_scan_uses(_unroll_short(traced))
+
+
+def _unroll_short(traced: Traced) -> Traced:
     targets = _scans_to_unroll(traced)
     if not targets:
         return traced
