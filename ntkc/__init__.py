@@ -17,7 +17,7 @@ from ntkc.methods import registry as _methods
 from ntkc.passes.cost import Cost
 from ntkc.passes.evaluate import UnsupportedPrimitiveError
 from ntkc.passes.path import PathMemoryError
-from ntkc.rules.registry import register_rule
+from ntkc.rules.registry import register_call, register_rule
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ __all__ = [
     "ntk_vp_fn",
     "open_gram",
     "plan",
+    "register_call",
     "register_rule",
     "testing",
     "condition_number",

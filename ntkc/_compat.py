@@ -17,6 +17,8 @@ Literal = jex_core.Literal
 Var = jex_core.Var
 ClosedJaxpr = jex_core.ClosedJaxpr
 Jaxpr = jex_core.Jaxpr
+Primitive = jex_core.Primitive
+new_jaxpr_eqn = jex_core.new_jaxpr_eqn
 
 # Call-like primitives whose sub-jaxpr computes exactly the equation's outputs from its inputs,
 # so they can be inlined. Names across JAX 0.9-0.12 (pjit was renamed jit; remat is checkpoint).
@@ -55,8 +57,10 @@ _REVERSE_ONLY = frozenset({"custom_lin"})
 
 def reverse_only(eqn) -> bool:
     """Whether an equation of a linear jaxpr can only be transposed, not differentiated forward
-    (a custom_vjp region): its Jacobian comes from its transpose (``jax.linear_transpose``)."""
-    return eqn.primitive.name in _REVERSE_ONLY
+    (a custom_vjp region): its Jacobian comes from its transpose (``jax.linear_transpose``).
+    A ``guarded`` equation (``ntkc.rules.guarded``) is what it wraps."""
+    primitive = eqn.params.get("guarded_primitive", eqn.primitive)
+    return primitive.name in _REVERSE_ONLY
 
 
 _CUSTOM_DERIVATIVES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jvp_call"})

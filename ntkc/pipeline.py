@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from ntkc._problem import Config, Problem
 from ntkc.passes.evaluate import evaluate_side
 from ntkc.passes import capability
+from ntkc.passes.conds import flatten_conds
 from ntkc.passes.inline import inline
 from ntkc.passes.network import Contraction, Side, output_kernel
 from ntkc.passes.unroll import unroll_scans
@@ -29,6 +30,7 @@ def analyze(fn, params, inputs, axes, records: list | None = None) -> Analysis:
         ]
     traced = trace_linear(fn, params, inputs)
     traced = unroll_scans(Traced(inline(traced.jaxpr), traced.n_params, traced.n_inputs))
+    traced = flatten_conds(traced)
     check_real_tangents(traced)
     analysis = find_uses(traced)
     capability.check_structured(analysis)

@@ -162,14 +162,17 @@ def test_interacting_examples_need_vmap_axes_none():
         ntkc.ntk_fn(interacting, (), vmap_axes=0, method="structured")(x1, x2, params)
 
 
-def cond_model(p, x):
-    return lax.cond(p["w"].sum() > 0, lambda w: x @ w, lambda w: -(x @ w), p["w"])
+TRIANGLE = np.tril(normal(9, (3, 3))) + 3 * np.eye(3)
+
+
+def solve_model(p, x):  # the parameter enters triangular_solve, which has no rule
+    return x @ jax.scipy.linalg.solve_triangular(TRIANGLE, p["w"], lower=True)
 
 
 def test_strict_names_the_primitive_without_a_rule():
     params = {"w": normal(0, (3, 2))}
-    with pytest.raises(UnsupportedPrimitiveError, match="cond"):
-        ntkc.ntk_fn(cond_model, vmap_axes=0, method="structured", strict=True)(
+    with pytest.raises(UnsupportedPrimitiveError, match="triangular_solve"):
+        ntkc.ntk_fn(solve_model, vmap_axes=0, method="structured", strict=True)(
             normal(4, (2, 3)), None, params)
 
 
@@ -204,9 +207,9 @@ def test_strict_passes_when_every_use_has_a_rule():
 
 
 def test_fallback_is_reported_once_per_primitive():
-    f = cond_model
+    f = solve_model
     params = {"w": normal(0, (3, 2))}
-    with pytest.warns(UserWarning, match="cond"):
+    with pytest.warns(UserWarning, match="triangular_solve"):
         ntkc.ntk_fn(f, vmap_axes=0, method="structured")(normal(4, (2, 3)), None, params)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # Python's default filter, which pytest's replaces
@@ -214,7 +217,7 @@ def test_fallback_is_reported_once_per_primitive():
         kernel_fn(normal(4, (2, 3)), None, params)
         kernel_fn(normal(4, (5, 3)), None, params)  # traced again for other shapes
         ntkc.ntk_fn(f, (), vmap_axes=0, method="structured")(normal(4, (2, 3)), None, params)
-    assert len([w for w in caught if "primitive 'cond'" in str(w.message)]) == 1
+    assert len([w for w in caught if "primitive 'triangular_solve'" in str(w.message)]) == 1
     assert_matches_reference(f, params, normal(4, (2, 3)), normal(5, (3, 3)))
 
 

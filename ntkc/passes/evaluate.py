@@ -119,7 +119,7 @@ def evaluate_side(analysis: Analysis, params: list, inputs: list, strict: bool):
                     not isinstance(v, Literal) and v in tangent_vars and v not in analysis.chains
                     for v in eqn.invars
                 )
-                outs = bind(eqn, [arg(v, True) for v in eqn.invars]) if others else None
+                outs = apply_linear(eqn, [arg(v, True) for v in eqn.invars]) if others else None
                 for ui in analysis.uses_by_eqn[k]:
                     outs = ys[ui] if outs is None else [a + b for a, b in zip(outs, ys[ui])]
             else:

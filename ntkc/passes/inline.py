@@ -1,8 +1,10 @@
-"""Inline call-like sub-jaxprs (jit, closed_call, remat, custom_jvp/vjp) into one flat jaxpr.
+"""Inline call-like sub-jaxprs (jit, closed_call, remat, custom_jvp/vjp, and primitives declared
+with ``ntkc.register_call``) into one flat jaxpr.
 
 Done by re-tracing: evaluate the jaxpr, recursing into inlinable equations instead of binding them,
 under ``make_jaxpr``. Loops and conditionals (scan, while, cond) stay as they are; the uses pass
-treats a parameter entering one of them with the dense rule. A custom_vjp function's linear part
+treats a parameter entering one of them with the dense rule (short scans are unrolled by
+``ntkc.passes.unroll``, tangent conditionals flattened by ``ntkc.passes.conds``). A custom_vjp function's linear part
 (``custom_lin``, transposed by the user's bwd) has no sub-jaxpr and stays as well.
 """
 
@@ -11,6 +13,14 @@ from __future__ import annotations
 import jax
 
 from ntkc._compat import ClosedJaxpr, bind, inlinable_jaxpr, read
+from ntkc.rules.registry import registered_call
+
+
+def call_jaxpr(eqn):
+    """The sub-jaxpr of a call-like equation as ``(jaxpr, consts)``, or None: JAX's own calls
+    and the primitives registered with ``ntkc.register_call``."""
+    sub = registered_call(eqn)
+    return sub if sub is not None else inlinable_jaxpr(eqn)
 
 
 def eval_inlined(jaxpr, consts, args) -> list:
@@ -19,7 +29,7 @@ def eval_inlined(jaxpr, consts, args) -> list:
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:
         ins = [read(env, v) for v in eqn.invars]
-        sub = inlinable_jaxpr(eqn)
+        sub = call_jaxpr(eqn)
         outs = eval_inlined(sub[0], sub[1], ins) if sub is not None else bind(eqn, ins)
         env.update(zip(eqn.outvars, outs))
     return [read(env, v) for v in jaxpr.outvars]

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ntkc._compat import bind, reverse_only
+from ntkc._compat import ClosedJaxpr, Jaxpr, bind, reverse_only
 from ntkc.ir import Form
 
 _RULES: dict[Any, "Rule"] = {}
@@ -255,6 +255,52 @@ def apply_linear(eqn, args) -> list:
     return bind(eqn, args) if outs is None else outs
 
 
+_CALLS: dict[Any, Callable] = {}
+
+
+def register_call(primitive, get_jaxpr: Callable) -> None:
+    """Declares ``primitive`` call-like: ntkc inlines its sub-jaxpr, so that the rules of the
+    primitives inside it apply (as for ``jax.jit`` and ``jax.checkpoint`` blocks).
+
+    Without this, the structured method treats an equation of ``primitive`` that consumes a
+    parameter as one opaque step: its dense Jacobian (correct, slower; an error under
+    ``strict=True``).
+
+    Args:
+      primitive: your primitive (a ``jax.extend.core.Primitive``).
+      get_jaxpr: ``get_jaxpr(params) -> ClosedJaxpr`` (or ``Jaxpr``), from an equation's
+        parameters (``eqn.params``, a dict) the jaxpr that computes exactly the equation's
+        outputs from its operands, in order. Inlined in the linearized function, this jaxpr
+        must be what the primitive's JVP binds: a JVP that binds ``primitive`` on a JVP jaxpr
+        of its sub-jaxpr keeps the call in the linear map, where ntkc inlines it.
+
+    Raises:
+      TypeError: ``primitive`` is not a primitive or ``get_jaxpr`` is not callable.
+    """
+    if not (hasattr(primitive, "bind") and isinstance(getattr(primitive, "name", None), str)):
+        raise TypeError(f"register_call: expected a primitive (jax.extend.core.Primitive), "
+                        f"got {primitive!r}")
+    if not callable(get_jaxpr):
+        raise TypeError(f"register_call({primitive.name}): get_jaxpr must be callable "
+                        f"(params -> ClosedJaxpr), got {get_jaxpr!r}")
+    _CALLS[primitive] = get_jaxpr
+
+
+def registered_call(eqn):
+    """The sub-jaxpr of an equation of a primitive registered with :func:`register_call`, as
+    ``(jaxpr, consts)``, or None."""
+    get_jaxpr = _CALLS.get(eqn.primitive)
+    if get_jaxpr is None:
+        return None
+    sub = get_jaxpr(dict(eqn.params))
+    if isinstance(sub, ClosedJaxpr):
+        return sub.jaxpr, sub.consts
+    if isinstance(sub, Jaxpr):
+        return sub, ()
+    raise TypeError(f"register_call({eqn.primitive.name}): get_jaxpr returned {type(sub).__name__}, "
+                    "expected a ClosedJaxpr or Jaxpr")
+
+
 def registered() -> dict:
     """A copy of the rule table."""
     return dict(_RULES)
@@ -277,7 +323,7 @@ def dense_forms(eqn, operands, index, p_aval) -> list[Form]:
             if args[i] is None:
                 args[i] = jnp.zeros(v.aval.shape, v.aval.dtype)
         args[index] = p
-        return bind(eqn, args)
+        return apply_linear(eqn, args)  # the same linear map (a wrapper such as guarded's too)
 
     zero = jnp.zeros(p_aval.shape, p_aval.dtype)
     if not reverse_only(eqn):

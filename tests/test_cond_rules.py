@@ -1,0 +1,175 @@
+"""Structured derivatives through lax.cond / lax.switch that stay conditionals (issue 14, item
+3): the tangent cond is flattened (ntkc/passes/conds.py), every branch's parameter uses get
+their rules, and the equations of a branch that read residuals are guarded by the branch's
+predicate (ntkc/rules/guarded.py), so that an untaken branch, which runs on uninitialized
+residuals, contributes exact zeros. Every branch that is not taken here would give inf or NaN
+if its values leaked (log of a negative, 1/0, sqrt of a negative). Every model runs under
+strict=True for the structured method and equals the float64 reference, for every method."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import ntkc
+from ntkc.testing import reference_ntk
+
+R = np.random.default_rng(0)
+METHODS = ("structured", "jacobian", "ntvp", "auto")
+
+
+def normal(*shape):
+    return R.standard_normal(shape) / np.sqrt(shape[-2] if len(shape) > 1 else 1)
+
+
+def switched(p, x, mode):
+    """A switch on a keyword argument (one index per side), a cond on the parameters, and a
+    cond nested in a branch."""
+    h = jnp.tanh(x @ p["w"])
+    branches = [
+        lambda h: jnp.tanh(h @ p["u"]) * p["b"][None, :],
+        lambda h: jnp.log(-jnp.abs(h @ p["u"]) - 1) + 1 / (h * 0),  # NaN and inf
+        lambda h: lax.cond(p["s"] > 0,  # nested: taken
+                           lambda h: jnp.sin(h @ p["u"] + p["b"][None, :]),
+                           lambda h: jnp.sqrt(-1 - jnp.abs(h @ p["u"])), h),
+    ]
+    h = lax.switch(mode, branches, h)
+    h = lax.cond(p["s"] < 0, lambda h: jnp.log(-1 - jnp.abs(h)) @ p["u"],  # not taken: NaN
+                 lambda h: h * p["b"][None, :] + h @ p["u"], h)
+    return h @ p["v"]
+
+
+PARAMS = {"w": normal(3, 4), "u": normal(4, 4), "b": normal(4), "v": normal(4, 2),
+          "s": np.array(0.5)}
+X1, X2 = R.standard_normal((4, 3)), R.standard_normal((3, 3))
+# (trace_axes, diagonal_axes, vmap_axes, symmetric)
+SETTINGS = [((), (), None, False), ((-1,), (), 0, True), ((), (0,), 0, True),
+            ((-1,), (0,), None, True), ((), (), (0, 0, {"mode": None}), False)]
+
+
+def kernel(f, x1, x2, params, method, setting, **kwargs):
+    trace, diagonal, vmap_axes, _ = setting
+    strict = dict(strict=True) if method == "structured" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no dense fallback, in any method
+        return ntkc.ntk_fn(f, trace, diagonal, vmap_axes, method=method, **strict)(
+            x1, x2, params, **kwargs)
+
+
+def reference(f, x1, x2, params, setting, kw1, kw2):
+    """The float64 reference with each side's keyword arguments (carried in x)."""
+    trace, diagonal, _, _ = setting
+    g = lambda p, xk: f(p, xk[0], **xk[1])
+    return reference_ntk(g, (x1, kw1), None if x2 is None else (x2, kw2), params, trace, diagonal)
+
+
+def check(f, params, setting, method, kw1, kw2=None, x1=X1, x2=X2):
+    x2 = None if setting[3] else x2
+    kw2 = kw1 if kw2 is None else kw2
+    kwargs = {k: (v, kw2[k]) if kw2[k] is not v else v for k, v in kw1.items()}
+    got = kernel(f, x1, x2, params, method, setting, **kwargs)
+    want = reference(f, x1, x2, params, setting, kw1, kw2)
+    assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("mode", [0, 2])
+def test_switch_on_a_keyword_argument(method, setting, mode):
+    check(switched, PARAMS, setting, method, {"mode": jnp.int32(mode)})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_side_takes_its_own_branch(method):
+    """mode=(0, 2): x1's side takes branch 0, x2's branch 2 (kwargs split per side)."""
+    setting = ((), (), (0, 0, {"mode": None}), False)
+    check(switched, PARAMS, setting, method, {"mode": jnp.int32(0)}, {"mode": jnp.int32(2)})
+
+
+def two_way(p, x):
+    """A cond on the parameters, both branches finite when taken (each runs on garbage when
+    not: its residuals are uninitialized)."""
+    h = jnp.tanh(x @ p["w"])
+    h = lax.cond(p["s"] > 0, lambda h: jnp.log1p(jnp.square(h @ p["u"])) * p["b"][None, :],
+                 lambda h: jnp.tanh(h / (1 + jnp.square(h)) @ p["u"]), h)
+    return h @ p["v"]
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("method", METHODS)
+def test_branch_on_the_parameters_either_way(sign, method):
+    params = {**PARAMS, "s": np.array(0.5 * sign)}
+    check(two_way, params, SETTINGS[1 if sign > 0 else 0], method, {})
+
+
+FLAG = jnp.array(1)  # closed over by the model
+
+
+def closed_over(p, x):
+    h = lax.cond(FLAG > 0, lambda h: jnp.tanh(h @ p["w"]), lambda h: jnp.log(-1 - h @ p["w"]), x)
+    return lax.switch(FLAG + 1, [lambda h: h / 0 @ p["v"], lambda h: h @ p["v"] * 0,
+                                 lambda h: h @ p["v"] + jnp.sum(h, -1, keepdims=True)], h)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("setting", SETTINGS[:4])
+def test_index_from_a_closed_over_constant(method, setting):
+    check(closed_over, {"w": PARAMS["w"], "v": PARAMS["v"]}, setting, method, {})
+
+
+def test_no_fallback_and_a_term_per_branch_use():
+    plan = ntkc.plan(switched, X1, X2, PARAMS, vmap_axes=0, method="structured", strict=True,
+                     kwargs={"mode": jnp.int32(2)})
+    assert not plan.fallbacks
+    u_terms = [t for t in plan.terms if t.leaf == "['u']"]
+    assert u_terms and all(t.method == "structured" for t in u_terms)
+    assert any("in a branch" in t.structure for t in u_terms)
+
+
+def test_a_branch_primitive_without_a_rule_falls_back_exactly():
+    """triangular_solve has no rule: its guarded equation takes the dense rule, masked too."""
+    tri = np.tril(R.standard_normal((4, 4))) + 4 * np.eye(4)
+
+    def f(p, x, mode):
+        h = jnp.tanh(x @ p["w"])
+        h = lax.switch(mode, [lambda h: jax.scipy.linalg.solve_triangular(tri, p["u"], lower=True)
+                              @ h.T, lambda h: jnp.log(-1 - jnp.abs(h @ p["u"])).T], h)
+        return h.T @ p["v"]
+
+    params = {k: PARAMS[k] for k in ("w", "u", "v")}
+    setting = ((), (), 0, False)
+    with pytest.raises(ntkc.UnsupportedPrimitiveError, match="triangular_solve"):
+        kernel(f, X1, X2, params, "structured", setting, mode=jnp.int32(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured")(X1, X2, params,
+                                                                    mode=jnp.int32(0))
+    want = reference(f, X1, X2, params, setting, {"mode": 0}, {"mode": 0})
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-11)
+
+
+def per_example_select(p, x):
+    """Under the user's vmap the predicate depends on the example: the conds become select_n of
+    both branches, and the untaken branch's primal values are NaN (log of a negative); JAX's
+    own derivative, and so the reference, is finite (d log z = dz / z)."""
+    def one(xi):
+        h = jnp.tanh(xi @ p["w"])
+        h = lax.cond(xi[0] > 0, lambda h: jnp.tanh(h @ p["u"]),
+                     lambda h: jnp.log(-1 - jnp.abs(h @ p["u"])), h)
+        return h @ p["v"]
+    return jax.vmap(one)(x)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("setting", SETTINGS[:4])
+def test_per_example_predicate_under_vmap_is_select_n(method, setting):
+    x1 = X1.copy()
+    x1[:, 0] = [1, -1, 1, -1]
+    check(per_example_select, {k: PARAMS[k] for k in ("w", "u", "v")}, setting, method, {},
+          x1=x1)
+    jaxpr = jax.make_jaxpr(per_example_select)({k: PARAMS[k] for k in ("w", "u", "v")}, x1)
+    assert "select_n" in str(jaxpr) and "cond[" not in str(jaxpr)
