@@ -12,7 +12,7 @@ import warnings
 
 import jax
 
-from ntkc import _plan
+from ntkc import pipeline
 from ntkc._args import leaf_dtype
 from ntkc import _compat
 from ntkc._problem import Config
@@ -35,9 +35,10 @@ def _forward_flops(f, config: Config, params, x1, x2, kwargs1, kwargs2, jaxprs=(
     return flops1, flops1 if config.x2_is_x1 else flops(jaxprs[1], x2, kwargs2)
 
 
-def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
+def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, schedule,
                jaxprs=(None, None)) -> CostModel:
-    """The estimates' inputs for one call; ``records`` are the structured plan's (or None);
+    """The estimates' inputs for one call; ``schedule`` is the structured program's
+    (``ntkc.ir.Schedule``, or None when it cannot be planned);
     ``jaxprs``: f's closed jaxprs for x1 and x2 where already traced."""
     b = config.batching
     n1, n2 = (b.size1, b.size2) if b is not None else (1, 1)
@@ -48,18 +49,19 @@ def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, records,
                     b is None or b.outputs[k] in a.free)
         for k, a in enumerate(config.axes))
     leaf_sizes = tuple(math.prod(jax.numpy.shape(l)) for l in jax.tree.leaves(params))
-    analyses = [r["analysis"] for r in records or () if r.get("kind") == "analysis"]
+    records = None if schedule is None else schedule.records
+    analyses = [r.analysis for r in records or () if r.kind == "analysis"]
     terms = None
     itemsize = max(leaf_dtype(l).itemsize for l in jax.tree.leaves(params))
     structured_bytes = None
     if records is not None:
         terms = [0.0] * len(leaf_sizes)
         for r in records:
-            if r.get("kind") == "term":
-                flops = r["path"].cost.flops
+            if r.kind == "term":
+                flops = r.path.cost.flops
                 if config.x2_is_x1:
                     flops -= _repeated_side_flops(r)
-                terms[r["param_leaf"]] += flops
+                terms[r.param_leaf] += flops
         dense = dense_fallbacks(records, (n1, n2), config.x2_is_x1, itemsize)
         for d in dense:
             terms[d.leaf] += d.flops
@@ -95,15 +97,15 @@ def _structured_bytes(records, itemsize, same_inputs) -> float:
     (x2's operands are x1's when x2 is x1)."""
     operands, step = {}, 0.0
     for r in records:
-        if r.get("kind") != "term":
+        if r.kind != "term":
             continue
-        step = max(step, r["path"].cost.peak)
-        for position, (labels, side) in enumerate(zip(r["labels"], r["sides"])):
+        step = max(step, r.path.cost.peak)
+        for position, (labels, side) in enumerate(zip(r.labels, r.sides)):
             if side in (1, 2):
-                first = r["sides"].index(side)
-                key = (1 if same_inputs else side, r["uses"][side - 1], r["outputs"][side - 1],
+                first = r.sides.index(side)
+                key = (1 if same_inputs else side, r.uses[side - 1], r.outputs[side - 1],
                        position - first)
-                operands[key] = math.prod(r["sizes"][l] for l in labels) * itemsize
+                operands[key] = math.prod(r.sizes[l] for l in labels) * itemsize
     return sum(operands.values()) + step
 
 
@@ -111,14 +113,14 @@ def dense_fallbacks(records, sizes, same_inputs: bool, itemsize: int) -> list[Fa
     """The uses that take the dense rule in the structured plan, each with its cost for its
     side's examples (``sizes``: the two sides' numbers of examples; x2 = x1: one dense rule
     serves both sides)."""
-    analyses = [r["analysis"] for r in records if r.get("kind") == "analysis"]
+    analyses = [r.analysis for r in records if r.kind == "analysis"]
     found = {}
     for r in records:
-        if r.get("kind") != "term":
+        if r.kind != "term":
             continue
-        for side, (u, structure) in enumerate(zip(r["uses"], r["structure"])):
+        for side, (u, structure) in enumerate(zip(r.uses, r.structure)):
             if structure == "dense":
-                found[(u, 0 if same_inputs else side)] = r["param_leaf"]
+                found[(u, 0 if same_inputs else side)] = r.param_leaf
     out = []
     for (u, side), leaf in found.items():
         eqn = analyses[0].traced.jaxpr.jaxpr.eqns[analyses[0].uses[u].eqn_index]
@@ -152,10 +154,10 @@ def _repeated_side_flops(record) -> float:
     """FLOPs of the steps that contract x2's operands alone, in a term that pairs a use with
     itself when x2 is x1: they repeat x1's steps on the same arrays, and XLA computes them once
     (common subexpressions), so they cost nothing."""
-    if record["uses"][0] != record["uses"][1] or record["outputs"][0] != record["outputs"][1]:
+    if record.uses[0] != record.uses[1] or record.outputs[0] != record.outputs[1]:
         return 0.0
-    sides = record["sides"]
-    steps = iter(record["path"].steps)
+    sides = record.sides
+    steps = iter(record.path.steps)
     repeated = 0.0
 
     def visit(tree) -> set:  # post-order, as the path's steps are listed
@@ -168,17 +170,17 @@ def _repeated_side_flops(record) -> float:
             repeated += step[3].flops
         return members
 
-    visit(record["path"].tree)
+    visit(record.path.tree)
     return repeated
 
 
-def record_structured(trace, config: Config, warn: bool = True):
-    """The structured plan's records, or None when it cannot be planned (with a warning, unless
-    no contraction order fits ``memory_limit``). ``trace(config)`` traces the kernel program
-    abstractly under ``config``."""
+def schedule_structured(trace, config: Config, warn: bool = True):
+    """The structured program's schedule (``ntkc.pipeline.schedule``), or None when it cannot
+    be planned (with a warning, unless no contraction order fits ``memory_limit``).
+    ``trace(config)`` evaluates the kernel program abstractly under ``config``."""
     try:
-        return _plan.record(trace, dataclasses.replace(config, method=structured.NAME,
-                                                       leaf_methods=None))
+        return pipeline.schedule(trace, dataclasses.replace(config, method=structured.NAME,
+                                                            leaf_methods=None))
     except PathMemoryError:
         return None  # no contraction order fits memory_limit: the structured method is out
     except capability.ReverseModeError:

@@ -281,8 +281,9 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
       x1, x2, params: arrays or ``jax.ShapeDtypeStruct`` pytrees (only shapes and dtypes are
         used); ``x2=None`` means ``x2 = x1``, and the program is then called with ``x2=None``.
       trace_axes, diagonal_axes, vmap_axes, method, strict, memory_limit: as for
-        :func:`ntkc.ntk_fn`. A kernel split into blocks of examples under ``memory_limit`` is
-        one program holding every block; a split into chunks of outputs is refused.
+        :func:`ntkc.ntk_fn`. A kernel split under ``memory_limit`` (into blocks of examples or
+        chunks of outputs) is one program holding every part, each part's working set within
+        the limit; XLA schedules the parts one after another.
       kwargs: keyword arguments of ``f``, split between the sides as the kernel function does
         (a 2-tuple gives one item per side, an ``rng`` key is split). Non-array values are static;
         array values (an rng key, a mask) are baked into the program as constants, so they must
@@ -309,12 +310,6 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
     a1, a2, ap = _abstract(x1), (None if x2 is None else _abstract(x2)), _abstract(params)
     kfn = KernelFunction(f, **options)
     config, _ = kfn.prepare(a1, a2, ap, **kwargs)
-    if config.chunk:
-        axis, size = config.chunk
-        raise ValueError(f"memory_limit={memory_limit}: the kernel for these shapes is computed "
-                         f"in chunks of {size} outputs along output axis {axis}, which one "
-                         "compiled program cannot hold; raise memory_limit, or compile a function "
-                         "that returns one chunk of the outputs")
     signature = _Signature(_ArgSpec.of("x1", a1),
                            None if x2 is None else _ArgSpec.of("x2", a2),
                            _ArgSpec.of("params", ap))
@@ -329,8 +324,8 @@ def compile(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), 
                 continue
             trees.append(jax.tree.unflatten(treedef, leaves[pos : pos + treedef.num_leaves]))
             pos += treedef.num_leaves
-        # the kernel function itself, traced: a split into blocks of examples runs block by
-        # block inside this one program
+        # the kernel function itself, traced: a split into blocks of examples or chunks of
+        # outputs runs part by part inside this one program
         return jax.tree.leaves(kfn(*trees, **kwargs))
 
     jitted = jax.jit(flat_fn, compiler_options=config.jit_options)
@@ -362,8 +357,8 @@ class Compiled:
 
     @functools.cached_property
     def method(self) -> str:
-        """The method the program runs (for a split into blocks, the one each block runs)."""
-        return self.plan.method if self._config.block else self._config.method
+        """The method the program runs (for a split, the one each part runs)."""
+        return self.plan.method if self._config.block or self._config.chunk else self._config.method
 
     def __call__(self, x1, x2, params):
         flat = self._signature.flatten(x1, x2, params)

@@ -1,21 +1,14 @@
 """Plans: the structured program's contractions as data, a table, a graph and Graphviz text.
 
-A plan is obtained by tracing the structured kernel abstractly (``jax.eval_shape``: no
-compilation) under a ``Config`` whose ``records`` list receives every contraction it emits.
+A plan is built from the structured program's schedule (``ntkc.pipeline.schedule``: an abstract
+evaluation, no compilation), the same schedule the kernel function executes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-import functools
-import math
 import string
-from typing import Any, Callable
 
-import jax
-
-from ntkc._problem import Config
 from ntkc.ir import Plan, Term
 from ntkc.methods import structured
 from ntkc.passes.cost import Cost
@@ -44,12 +37,12 @@ def _subtrees(tree):
 
 
 def _method_of(record) -> str:
-    if any(s == "dense" for s in record["structure"]):
+    if any(s == "dense" for s in record.structure):
         return "dense"
-    sides = record["sides"]
+    sides = record.sides
     side1 = frozenset(i for i, s in enumerate(sides) if s == 1)
     side2 = frozenset(i for i, s in enumerate(sides) if s == 2)
-    groups = {_members(t) for t in _subtrees(record["path"].tree)}
+    groups = {_members(t) for t in _subtrees(record.path.tree)}
     return "jacobian" if side1 in groups and side2 in groups else "structured"
 
 
@@ -58,36 +51,28 @@ def _path_str(tree) -> str:
 
 
 def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_names, leaf_names,
-               leaf_methods: dict, method_costs: dict, fallbacks=(), split=None):
+               leaf_methods: dict, method_costs: dict, fallbacks=(), split=None, kernel=None):
     terms = []
     for r in records:
-        if r.get("kind") != "term":
+        if r.kind != "term":
             continue
-        info = r["path"]
-        leaf = leaf_names[r["param_leaf"]]
+        info = r.path
+        leaf = leaf_names[r.param_leaf]
         own = leaf_methods[leaf]
         terms.append(Term(
-            output=output_names[r["output_leaf"]],
+            output=output_names[r.output_leaf],
             leaf=leaf,
-            primitives=tuple(r["primitives"]),
-            structure=tuple(r["structure"]),
+            primitives=tuple(r.primitives),
+            structure=tuple(r.structure),
             method=_method_of(r) if own == structured.NAME else own,
-            einsum=_letters(r["labels"], r["output"]),
+            einsum=_letters(r.labels, r.output),
             order=_path_str(info.tree),
             cost=info.cost,
             naive=info.naive,
         ))
     fallbacks = tuple(dataclasses.replace(f, leaf=leaf_names[f.leaf]) for f in fallbacks)
     return Plan(tuple(terms), cotangents, method, tuple(kernel_shapes), tuple(records),
-                leaf_methods, method_costs, fallbacks, split)
-
-
-def record(trace: Callable[[Config], Any], config: Config) -> list:
-    """Runs ``trace(config)`` (an abstract trace of a kernel program) with a list for its records;
-    returns the analyses and contractions it recorded."""
-    records = []
-    trace(dataclasses.replace(config, records=records))
-    return records
+                leaf_methods, method_costs, fallbacks, split, kernel)
 
 
 def _fmt(x: float) -> str:
@@ -133,14 +118,14 @@ def plan_graph(plan: Plan):
     import networkx as nx
 
     g = nx.DiGraph()
-    for i, (t, r) in enumerate(zip(plan.terms, [r for r in plan.records if r.get("kind") == "term"])):
+    for i, (t, r) in enumerate(zip(plan.terms, [r for r in plan.records if r.kind == "term"])):
         param = f"param {t.leaf}"
         g.add_node(param, kind="parameter")
         term = f"term {i}: {t.einsum}"
         g.add_node(term, kind="contraction", method=t.method, flops=t.cost.flops, order=t.order)
         out = f"kernel {t.output}"
         g.add_node(out, kind="kernel")
-        for side, u, prim, structure in zip((1, 2), r["uses"], t.primitives, t.structure):
+        for side, u, prim, structure in zip((1, 2), r.uses, t.primitives, t.structure):
             use = f"use {u} ({prim}) x{side}"
             factors = f"factors {u} x{side}: {structure}"
             cot = f"cotangent {u} x{side}"

@@ -56,9 +56,11 @@ class Config:
     compiler_options: tuple = ()  # XLA options of the kernel's programs (_compat.compiler_options)
     dtypes: tuple = ()  # per output leaf, the kernel's dtype (_args.kernel_dtype), whatever the method
     # When a list, the structured program appends its analyses and contractions to it while it is
-    # traced (ntkc.plan, method="auto"; see _plan.record). Not compared nor hashed, so that the
-    # kernel's own call finds that trace in jit's cache.
+    # planned (ntkc.pipeline.schedule, an abstract evaluation). Not compared nor hashed.
     records: list | None = dataclasses.field(default=None, compare=False, repr=False)
+    # The structured program planned for this signature (ntkc.pipeline.schedule), which the
+    # kernel executes; compared by identity (one per cached configuration).
+    schedule: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def jit_options(self) -> dict | None:

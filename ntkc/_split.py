@@ -59,31 +59,33 @@ def blocks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def assemble(config: Config, grid: dict, rows, cols):
-    """The kernel from block kernels ``grid[(i, j)]`` (pytrees like the kernel).
+def join(axes, axis: int, grid: dict, n_rows: int, n_cols: int, weights=None):
+    """A kernel from its parts along one of its output axes: ``grid[i, j]`` (pytrees) is part
+    ``i`` of x1's side against part ``j`` of x2's. A free axis concatenates every ``(i, j)``, a
+    diagonal one the ``(i, i)``; a traced one averages the ``(i, i)``, each weighing by its
+    share ``weights[i]`` of the axis (equal shares by default)."""
+    if axis in axes.free:
+        p1, p2 = axes.kernel_position(axis)
+        rows = [jax.tree.map(lambda *ks: jnp.concatenate(ks, p2),
+                             *[grid[i, j] for j in range(n_cols)]) for i in range(n_rows)]
+        return jax.tree.map(lambda *ks: jnp.concatenate(ks, p1), *rows)
+    diagonal = [grid[i, i] for i in range(n_rows)]
+    if axis in axes.diagonal:
+        (p,) = axes.kernel_position(axis)
+        return jax.tree.map(lambda *ks: jnp.concatenate(ks, p), *diagonal)
+    weights = weights or [1 / n_rows] * n_rows
+    return jax.tree.map(lambda *ks: sum(w * k for w, k in zip(weights, ks)), *diagonal)
 
-    Free example axes take every ``(i, j)``; diagonal and traced ones only ``(i, i)``.
-    """
+
+def assemble(config: Config, grid: dict, rows, cols):
+    """The kernel from block kernels ``grid[(i, j)]`` (pytrees like the kernel), joined along
+    each output leaf's batch axis (:func:`join`; traced: blocks weigh by their size)."""
     treedef = config.out_treedef
-    n = config.batching.size1
+    weights = [(stop - start) / config.batching.size1 for start, stop in rows]
     out = []
     for k, axes in enumerate(config.axes):
-        b = config.batching.outputs[k]
-        pick = lambda kernel: treedef.flatten_up_to(kernel)[k]
-        if b in axes.free:
-            p1, p2 = axes.kernel_position(b)
-            rows_k = [jax.tree.map(lambda *bs: jnp.concatenate(bs, p2),
-                                   *[pick(grid[(i, j)]) for j in range(len(cols))])
-                      for i in range(len(rows))]
-            out.append(jax.tree.map(lambda *bs: jnp.concatenate(bs, p1), *rows_k))
-        elif b in axes.diagonal:
-            (p,) = axes.kernel_position(b)
-            out.append(jax.tree.map(lambda *bs: jnp.concatenate(bs, p),
-                                    *[pick(grid[(i, i)]) for i in range(len(rows))]))
-        else:  # traced: a mean over the examples, so blocks weigh by their size
-            weights = [(stop - start) / n for start, stop in rows]
-            out.append(jax.tree.map(lambda *bs: sum(w * x for w, x in zip(weights, bs)),
-                                    *[pick(grid[(i, i)]) for i in range(len(rows))]))
+        leaf_k = {ij: treedef.flatten_up_to(kernel)[k] for ij, kernel in grid.items()}
+        out.append(join(axes, config.batching.outputs[k], leaf_k, len(rows), len(cols), weights))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -257,12 +259,9 @@ def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs, sides: FactoredC
                   else sides.side(pair_config, dyn, x1 if x2 is None else x2, b, params))
         return sides.pair(pair_config, row["side"], column, params)
 
-    if axis in axes.trace:  # a mean over the outputs: the mean of equal chunks' means
-        return jax.tree.map(lambda *ks: sum(ks) / len(ks), *[call(s, s) for s in starts])
-    if axis in axes.diagonal:
-        (p,) = axes.kernel_position(axis)
-        return jax.tree.map(lambda *ks: jnp.concatenate(ks, p), *[call(s, s) for s in starts])
-    p1, p2 = axes.kernel_position(axis)
+    n = len(starts)
+    if axis not in axes.free:  # traced or diagonal: only the pairs (a, a)
+        return join(axes, axis, {(i, i): call(a, a) for i, a in enumerate(starts)}, n, n)
     grid = {}
     for i, a in enumerate(starts):
         for j, b in enumerate(starts):
@@ -271,7 +270,4 @@ def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs, sides: FactoredC
                                           grid[j, i])
             else:
                 grid[i, j] = call(a, b)
-    n = len(starts)
-    rows = [jax.tree.map(lambda *ks: jnp.concatenate(ks, p2), *[grid[i, j] for j in range(n)])
-            for i in range(n)]
-    return jax.tree.map(lambda *ks: jnp.concatenate(ks, p1), *rows)
+    return join(axes, axis, grid, n, n)

@@ -138,6 +138,93 @@ class Term:
 
 
 @dataclasses.dataclass(frozen=True)
+class AnalysisRecord:
+    """The analysis (trace -> inline -> uses) of one side of the structured program.
+
+    Attributes:
+      analysis: the ``ntkc.passes.uses.Analysis``.
+      side: 1 or 2, the side it was made for (side 2 reuses side 1's when they agree).
+      per_example: whether it was traced on one example (``vmap_axes``).
+    """
+
+    analysis: Any
+    side: int
+    per_example: bool
+    kind = "analysis"
+
+
+@dataclasses.dataclass(frozen=True)
+class ContractionRecord:
+    """One einsum of the structured program, with the contraction order chosen for it.
+
+    Attributes:
+      kind: ``"term"`` (a pair of uses: part of the kernel) or ``"gradient"`` (one side
+        contracted to a per-leaf gradient first, where the two uses' chains differ).
+      labels: each operand's labels (integers).
+      output: the result's labels.
+      sizes: every label's size.
+      path: the chosen order and its cost (``ntkc.passes.path.PathInfo``).
+      output_leaf, param_leaf, uses, outputs, sides, primitives, structure: for terms, which
+        output leaf and parameter leaf, the pair of uses and of their outputs, the side of each
+        operand (1, 2, or 0 for a pair's shared index operand), the uses' primitives and their
+        rules' structure summaries; None for gradients.
+    """
+
+    kind: str
+    labels: tuple
+    output: tuple
+    sizes: dict = dataclasses.field(compare=False)
+    path: Any = None
+    output_leaf: int | None = None
+    param_leaf: int | None = None
+    uses: tuple | None = None
+    outputs: tuple | None = None
+    sides: tuple | None = None
+    primitives: tuple | None = None
+    structure: tuple | None = None
+
+    def matches(self, labels, output, sizes) -> bool:
+        """Whether an einsum of these labels and sizes is the one this record planned."""
+        return (tuple(map(tuple, labels)) == tuple(map(tuple, self.labels))
+                and tuple(output) == tuple(self.output) and sizes == self.sizes)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Schedule:
+    """The structured program for one input signature, planned before it runs: each side's
+    analysis and every contraction's order, in the order the program performs them.
+
+    Built by abstract evaluation (``ntkc.pipeline.schedule``), then executed inside ``jit``
+    (``Config.schedule``): the execution reuses the analyses (``f`` is not traced again) and
+    takes each einsum's order from here instead of choosing it again. Compared by identity.
+
+    Attributes:
+      records: :class:`AnalysisRecord` and :class:`ContractionRecord` values, in order.
+    """
+
+    records: tuple
+
+    def analysis(self, side: int):
+        """Side ``side``'s analysis (side 1's when side 2 reused it), or None."""
+        found = {r.side: r.analysis for r in self.records if r.kind == "analysis"}
+        return found.get(side, found.get(1))
+
+    @property
+    def contractions(self) -> tuple:
+        return tuple(r for r in self.records if r.kind != "analysis")
+
+    @property
+    def terms(self) -> tuple:
+        return tuple(r for r in self.records if r.kind == "term")
+
+    @property
+    def constants(self) -> list:
+        """The arrays the analyses' jaxprs close over (f's closure, folded constants)."""
+        return [c for r in self.records if r.kind == "analysis"
+                for c in r.analysis.traced.jaxpr.consts]
+
+
+@dataclasses.dataclass(frozen=True)
 class Fallback:
     """A use of a parameter that takes the dense rule (its primitive has no structured rule, or
     the rule declined): ``∂y/∂θ`` built densely by forward mode.
@@ -193,7 +280,8 @@ class Plan:
       method: the name of the registered method the kernel function uses for these inputs
         (``"auto"`` resolved; ``"mixed"`` for a per-leaf mix), whether or not it is split.
       kernel_shapes: shapes of the kernels, one per output leaf.
-      records: the raw contraction records (labels, sizes, paths), for tools.
+      records: the structured program's records (:class:`AnalysisRecord`,
+        :class:`ContractionRecord`: labels, sizes, paths), for tools.
       leaf_methods: per parameter leaf (its pytree path), the method that computes its part:
         one method for all, or a per-leaf mix when ``method`` is ``"mixed"``.
       method_costs: the estimated FLOPs of each method alone (and of the mix) that
@@ -201,6 +289,8 @@ class Plan:
       fallbacks: every use that takes the dense rule (:class:`Fallback`), with its cost.
       split: how a call that does not fit ``memory_limit`` is divided (:class:`Split`), or
         None when it runs whole.
+      kernel: ``kernel(x1, x2, params, **kwargs)``: runs what was planned (the kernel function's
+        configuration and schedule for this signature) on arguments of the planned shapes.
     """
 
     terms: tuple
@@ -212,6 +302,7 @@ class Plan:
     method_costs: dict = dataclasses.field(default_factory=dict, compare=False)
     fallbacks: tuple = ()
     split: Split | None = None
+    kernel: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def cost(self):

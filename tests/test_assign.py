@@ -216,42 +216,20 @@ def _args(model):
     return f, x1, None, params
 
 
-def test_auto_traces_the_structured_program_once(monkeypatch):
-    """Choosing traces the structured program to cost it; when auto picks it, the kernel's call
-    reuses that trace (jit's cache) instead of tracing it again, and so does ntkc.plan."""
-    from ntkc.methods import registry
-
-    traced = []
-    structured = registry.METHODS["structured"]
-    counted = lambda prob: traced.append(1) or structured.kernel(prob)
-    monkeypatch.setitem(registry.METHODS, "structured", dataclasses.replace(structured, kernel=counted))
-    f = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
-    params = {"w": normal((6, 256)), "v": normal((256, 3))}
-    x1, x2 = normal((4, 6)), normal((5, 6))
-    kfn = ntkc.ntk_fn(f, vmap_axes=0)
-    got = kfn(x1, x2, params)
-    assert kfn.prepare(x1, x2, params)[0].method == "structured"
-    assert len(traced) == 1
-    np.testing.assert_allclose(got, reference_ntk(f, x1, x2, params), rtol=1e-10)
-    traced.clear()
-    assert ntkc.plan(f, x1, x2, params, vmap_axes=0).method == "structured"
-    assert len(traced) == 1
-
-
 def test_repeated_side_steps_are_free_when_x2_is_x1():
     """A dense layer's term x1 (w-side) pairs with itself: the side-local steps repeat."""
     f = lambda p, x: (x @ p["w"]) @ p["v"]
     params = {"w": normal((6, 64)), "v": normal((64, 3))}
     x = normal((4, 6))
     plan = ntkc.plan(f, x, None, params, vmap_axes=0, trace_axes=())
-    terms = [r for r in plan.records if r.get("kind") == "term"]
+    terms = [r for r in plan.records if r.kind == "term"]
     repeated = [_auto._repeated_side_flops(r) for r in terms]
-    assert all(0 <= c < r["path"].cost.flops for c, r in zip(repeated, terms))
-    swapped = [dict(r, uses=(r["uses"][0], r["uses"][0] + 1)) for r in terms]
+    assert all(0 <= c < r.path.cost.flops for c, r in zip(repeated, terms))
+    swapped = [dataclasses.replace(r, uses=(r.uses[0], r.uses[0] + 1)) for r in terms]
     assert all(_auto._repeated_side_flops(r) == 0 for r in swapped)
     req_same = _auto.cost_model(f, ntkc.ntk_fn(f, (), vmap_axes=0).prepare(x, None, params)[0],
-                                params, x, x, {}, {}, plan.records)
-    full = tuple(sum(r["path"].cost.flops for r in terms if r["param_leaf"] == i) for i in range(2))
+                                params, x, x, {}, {}, ntkc.ir.Schedule(plan.records))
+    full = tuple(sum(r.path.cost.flops for r in terms if r.param_leaf == i) for i in range(2))
     assert all(a <= b for a, b in zip(req_same.terms, full))
 
 

@@ -69,7 +69,7 @@ def test_embedding_is_a_token_equality_not_a_one_hot():
     t = term(plan, "['E']")
     assert t.primitives == ("gather", "gather")
     assert "token equality" in t.structure[0]
-    sizes = [r["sizes"] for r in plan.records if r.get("kind") == "term" and r["param_leaf"] == 0]
+    sizes = [r.sizes for r in plan.records if r.kind == "term" and r.param_leaf == 0]
     assert all(1000 not in s.values() for s in sizes), "a vocabulary-sized axis was built"
 
 

@@ -60,6 +60,6 @@ def test_two_kernel_functions_traced_in_two_threads():
             for name, (plan, kernel) in results.items():
                 assert plan.terms == alone[name].terms
                 assert repr(plan) == repr(alone[name])
-                assert ([r.get("kind") for r in plan.records]
-                        == [r.get("kind") for r in alone[name].records])
+                assert ([r.kind for r in plan.records]
+                        == [r.kind for r in alone[name].records])
                 np.testing.assert_allclose(kernel, references[name], rtol=1e-7, atol=1e-9)

@@ -18,7 +18,8 @@ NAME = "mixed"
 def restrict(prob: Problem, leaves: list[int], method: str) -> Problem:
     """``prob`` as a function of the parameter leaves ``leaves`` only, for ``method``."""
     f, group = _leaves.restrict(prob.f, prob.params, leaves)
-    config = dataclasses.replace(prob.config, method=method, leaf_methods=None)
+    # its own program (of the restricted f): the whole f's structured schedule does not apply
+    config = dataclasses.replace(prob.config, method=method, leaf_methods=None, schedule=None)
     return dataclasses.replace(prob, f=f, params=group, config=config)
 
 

@@ -38,8 +38,10 @@ def gram_side(prob) -> tuple[list, tuple]:
 
 
 def gram_pair(config, static, arrays1, arrays2, hoist=None) -> list:
-    """The kernel of two blocks' sides."""
+    """The kernel of two blocks' sides (whose shapes may differ from the call the schedule
+    planned: the contraction orders are chosen for them)."""
     template, treedef = static
+    config = dataclasses.replace(config, schedule=None)
 
     def side(arrays):
         factors, cotangents = jax.tree.unflatten(treedef, arrays)

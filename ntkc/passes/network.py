@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 
 from ntkc._axes import KernelAxes
 from ntkc._compat import bind
-from ntkc.ir import OneHot
+from ntkc.ir import ContractionRecord, OneHot
 from ntkc.passes.path import PathInfo, optimize
 from ntkc.passes.uses import Analysis
 from ntkc.rules import selections_disjoint
@@ -30,33 +30,57 @@ class Contraction:
     """What :func:`contract` does besides the einsum; by default, nothing.
 
     Attributes:
-      records: when a list, every contraction appends a record to it (what it contracts and the
-        chosen path: how ``ntkc.plan`` and ``method="auto"`` inspect a program).
+      records: when a list, every contraction appends its :class:`~ntkc.ir.ContractionRecord`
+        (what it contracts and the chosen path) to it: how a schedule is planned.
+      planned: when set, an iterator over a schedule's contraction records (``ntkc.ir.Schedule``),
+        in the order the program performs them: each einsum takes its order from the next one
+        instead of choosing it again.
       hoist: when set (``ntkc.gram``, see :class:`ntkc.passes.hoist.Hoist`), term contractions
         run their path through it, so that steps on one side's operands alone are computed once
         per block of examples.
     """
 
     records: list | None = None
+    planned: Iterator | None = None
     hoist: Callable | None = None
+
+
+class ScheduleMismatch(AssertionError):
+    """The program asked for an einsum its schedule did not plan: a bug in ntkc, never a reason
+    to compute a kernel in another order."""
+
+
+def _planned_path(contraction: Contraction, labels, out, sizes) -> PathInfo:
+    record = next(contraction.planned, None)
+    if record is None or not record.matches(labels, out, sizes):
+        planned = None if record is None else (record.labels, record.output)
+        raise ScheduleMismatch(
+            f"ntkc: the structured program's einsum {labels} -> {list(out)} is not the next one "
+            f"its schedule planned ({planned}); please report this")
+    return record.path
 
 
 def contract(ops, out, memory_limit=None, contraction: Contraction = Contraction(),
              **note) -> jnp.ndarray:
-    """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path``.
+    """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path`` (or
+    planned in ``contraction.planned``).
 
-    ``note`` (what the contraction is, for plans) is recorded with the chosen path when
-    ``contraction.records`` is a list.
+    ``note`` (what the contraction is, for plans: ``ContractionRecord``'s fields) is recorded
+    with the chosen path when ``contraction.records`` is a list.
     """
     labels = [list(l) for l in ops[1::2]]
     sizes = {}
     for arr, ls in zip(ops[0::2], labels):
         sizes.update(zip(ls, arr.shape))
-    itemsize = max(jnp.dtype(a.dtype).itemsize for a in ops[0::2])
-    info = optimize(labels, list(out), sizes, itemsize=itemsize, memory_limit=memory_limit)
+    if contraction.planned is not None:
+        info = _planned_path(contraction, labels, out, sizes)
+    else:
+        itemsize = max(jnp.dtype(a.dtype).itemsize for a in ops[0::2])
+        info = optimize(labels, list(out), sizes, itemsize=itemsize, memory_limit=memory_limit)
     if contraction.records is not None:
-        contraction.records.append(dict(note, labels=labels, output=list(out), sizes=sizes,
-                                        path=info))
+        contraction.records.append(ContractionRecord(
+            labels=tuple(map(tuple, labels)), output=tuple(out), sizes=sizes, path=info,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in note.items()}))
     if contraction.hoist is not None and note.get("kind") == "term":
         return contraction.hoist(ops, list(out), list(info.path) or [(0,)], note["sides"])
     return jnp.einsum(*ops, list(out), optimize=list(info.path) or [(0,)])
