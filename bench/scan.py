@@ -6,12 +6,17 @@ Cases, each measured in one process with the methods' runs interleaved (best of 
   stacked weights against the same layers unrolled in Python (structured; target: scanned within
   1.2x of unrolled), plus compile seconds (cutting compile time is why people scan);
 * ``vit``: the suite's ViT with its blocks scanned against unrolled;
-* ``lstm`` / ``gru``: Flax recurrent cells over 8 steps, structured and auto against jacobian.
+* ``lstm`` / ``gru``: Flax recurrent cells over 8 steps, structured and auto against jacobian;
+* ``long``: 784 -> 64 x 256 tanh residual layers -> 10, longer than the loops ntkc unrolls
+  (``ntkc.passes.unroll.MAX_LENGTH``): the scan stays rolled with its uses hoisted out
+  (``ntkc.passes.rolled``). Scanned against unrolled (structured; the unrolled program's compile
+  is the long one), structured against jacobian on the scanned stack, and the scanned stack's
+  compile and run seconds at 40, 80 and 160 layers (flat compile time is why people scan).
 
 Both kernels are checked to agree. ``trace_axes=(-1,)``, ``vmap_axes=0``, x2=None and a distinct
 x2 (a cross kernel).
 
-    python -m bench.scan [--cases stack,lstm] [--repeats 3] [--n 32]
+    python -m bench.scan [--cases stack,lstm,long] [--repeats 3] [--n 32]
 """
 
 from __future__ import annotations
@@ -153,12 +158,28 @@ def run_methods(name, f, params, x1, x2, methods, repeats):
               + " |")
 
 
+def run_lengths(depths, width, x, repeats):
+    """The scanned stack's first call (trace + compile + run) and best run, per depth."""
+    print("| layers | compile+trace (s) | run (s) |")
+    print("|---|---|---|")
+    for depth in depths:
+        scanned, _, params, _ = _stack(depth=depth, width=width)
+        kfn = ntkc.ntk_fn(scanned, vmap_axes=0, method="structured")
+        first = _first(lambda: kfn(x, None, params))[1]
+        best = _time(lambda: kfn(x, None, params), repeats)
+        print(f"| {depth} | {first - best:.1f} | {best:.3f} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.scan", description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="stack,vit,lstm,gru",
-                    help="comma-separated cases: stack, vit, lstm, gru (default: all)")
+    ap.add_argument("--cases", default="stack,vit,lstm,gru,long",
+                    help="comma-separated cases: stack, vit, lstm, gru, long (default: all)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per kernel (best kept)")
-    ap.add_argument("--n", type=int, default=32, help="examples of the stack case (default: 32)")
+    ap.add_argument("--n", type=int, default=32,
+                    help="examples of the stack and long cases (default: 32)")
+    ap.add_argument("--n-jacobian", type=int, default=8,
+                    help="examples of the long case's structured against jacobian (default: 8; "
+                         "the per-example Jacobians take 1.4 GB per side at 8, 5.6 GB at 32)")
     args = ap.parse_args(argv)
     print(f"ntkc {ntkc.__version__}, JAX {jax.__version__}, {platform.machine()}, "
           f"{jax.devices()[0].device_kind}; trace_axes=(-1,), vmap_axes=0")
@@ -187,8 +208,18 @@ def main(argv=None) -> int:
             f = lambda p, x, model=model: model.apply({"params": p}, x)
             run_methods(f"{case} 8 steps x 128", f, params, x1, x2,
                         ["structured", "auto", "jacobian"], args.repeats)
+        elif case == "long":
+            scanned, unrolled, params, inputs = _stack(depth=64, width=256)
+            x1 = rng.standard_normal((args.n, inputs), np.float32)
+            x2 = rng.standard_normal((args.n - 1, inputs), np.float32)
+            run_pair("stack 784-64x256-10", scanned, unrolled, params, params, x1, x2,
+                     ["structured"], args.repeats, ("scanned", "unrolled"))
+            n = args.n_jacobian  # jacobian holds N * O * 4.3M weights per side
+            run_methods(f"scanned 784-64x256-10, N={n}", scanned, params, x1[:n], x2[:n - 1],
+                        ["structured", "jacobian"], args.repeats)
+            run_lengths((40, 80, 160), 256, x1, args.repeats)
         else:
-            raise SystemExit(f"unknown case {case!r}; valid: stack, vit, lstm, gru")
+            raise SystemExit(f"unknown case {case!r}; valid: stack, vit, lstm, gru, long")
     return 0
 
 
