@@ -88,6 +88,9 @@ def status(error) -> str:
         return "out of memory"
     if "timed out" in text:
         return text.strip().splitlines()[0]
+    killed = re.search(r"exited with -(\d+)", text)
+    if killed:
+        return f"killed (signal {killed.group(1)})"
     return text.strip().splitlines()[0][:120] if text.strip() else "failed"
 
 

@@ -157,6 +157,7 @@ def test_compare_status_names_refusals_and_out_of_memory():
                 "worker exited with -9 (signal 9: killed):\n", "MemoryError: std::bad_alloc"):
         assert status(oom) == "out of memory", oom
     assert status("worker timed out after 60 s") == "worker timed out after 60 s"
+    assert status("worker exited with -15 (signal 15: killed):\n") == "killed (signal 15)"
     assert status("worker exited with 1:\nTraceback ...") == "worker exited with 1:"
 
 
