@@ -174,8 +174,13 @@ def hoist_scan_uses(traced: Traced) -> Traced:
         closed = traced.jaxpr
         targets = {}
         for k, indices in analysis.uses_by_eqn.items():
-            if closed.jaxpr.eqns[k].primitive is lax.scan_p:
-                targets[k] = {analysis.uses[i].operand for i in indices}
+            eqn = closed.jaxpr.eqns[k]
+            # float parameters only: an integer leaf's tangent (float0) carries nothing
+            sources = {analysis.uses[i].operand for i in indices
+                       if jnp.issubdtype(eqn.invars[analysis.uses[i].operand].aval.dtype,
+                                         jnp.inexact)}
+            if eqn.primitive is lax.scan_p and sources:
+                targets[k] = sources
         if not targets:
             return traced
 
