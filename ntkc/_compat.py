@@ -55,12 +55,16 @@ def inlinable_jaxpr(eqn):
 _REVERSE_ONLY = frozenset({"custom_lin"})
 
 
+def wrapped_primitive(eqn):
+    """The primitive an equation computes: a ``guarded`` equation's (``ntkc.rules.guarded``, an
+    equation of a conditional's branch) is the one it wraps."""
+    return eqn.params.get("guarded_primitive", eqn.primitive)
+
+
 def reverse_only(eqn) -> bool:
     """Whether an equation of a linear jaxpr can only be transposed, not differentiated forward
-    (a custom_vjp region): its Jacobian comes from its transpose (``jax.linear_transpose``).
-    A ``guarded`` equation (``ntkc.rules.guarded``) is what it wraps."""
-    primitive = eqn.params.get("guarded_primitive", eqn.primitive)
-    return primitive.name in _REVERSE_ONLY
+    (a custom_vjp region): its Jacobian comes from its transpose (``jax.linear_transpose``)."""
+    return wrapped_primitive(eqn).name in _REVERSE_ONLY
 
 
 _CUSTOM_DERIVATIVES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jvp_call"})

@@ -31,13 +31,14 @@ def switched(p, x, mode):
     h = jnp.tanh(x @ p["w"])
     branches = [
         lambda h: jnp.tanh(h @ p["u"]) * p["b"][None, :],
-        lambda h: jnp.log(-jnp.abs(h @ p["u"]) - 1) + 1 / (h * 0),  # NaN and inf
+        # NaN and inf; h / 0 makes its transpose NaN whatever the residuals hold
+        lambda h: jnp.log(-jnp.abs(h @ p["u"]) - 1) + 1 / (h * 0) + h / 0,
         lambda h: lax.cond(p["s"] > 0,  # nested: taken
                            lambda h: jnp.sin(h @ p["u"] + p["b"][None, :]),
                            lambda h: jnp.sqrt(-1 - jnp.abs(h @ p["u"])), h),
     ]
     h = lax.switch(mode, branches, h)
-    h = lax.cond(p["s"] < 0, lambda h: jnp.log(-1 - jnp.abs(h)) @ p["u"],  # not taken: NaN
+    h = lax.cond(p["s"] < 0, lambda h: jnp.log(-1 - jnp.abs(h)) @ p["u"] + h / 0,  # NaN
                  lambda h: h * p["b"][None, :] + h @ p["u"], h)
     return h @ p["v"]
 
@@ -76,8 +77,14 @@ def check(f, params, setting, method, kw1, kw2=None, x1=X1, x2=X2):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("setting", SETTINGS)
+def rotated(shift, per_method=1, settings=SETTINGS):
+    """(method, setting) pairs: each method under settings spread over ``settings``, so that
+    every method and every setting are met without the full product."""
+    return [(m, settings[(i + shift + 2 * k) % len(settings)])
+            for i, m in enumerate(METHODS) for k in range(per_method)]
+
+
+@pytest.mark.parametrize("method, setting", rotated(0, per_method=2))
 @pytest.mark.parametrize("mode", [0, 2])
 def test_switch_on_a_keyword_argument(method, setting, mode):
     check(switched, PARAMS, setting, method, {"mode": jnp.int32(mode)})
@@ -99,8 +106,8 @@ def two_way(p, x):
     return h @ p["v"]
 
 
-@pytest.mark.parametrize("sign", [1, -1])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sign, method", [(1, m) for m in METHODS] + [(-1, "structured"),
+                                                                    (-1, "ntvp")])
 def test_branch_on_the_parameters_either_way(sign, method):
     params = {**PARAMS, "s": np.array(0.5 * sign)}
     check(two_way, params, SETTINGS[1 if sign > 0 else 0], method, {})
@@ -111,14 +118,37 @@ FLAG = jnp.array(1)  # closed over by the model
 
 def closed_over(p, x):
     h = lax.cond(FLAG > 0, lambda h: jnp.tanh(h @ p["w"]), lambda h: jnp.log(-1 - h @ p["w"]), x)
-    return lax.switch(FLAG + 1, [lambda h: h / 0 @ p["v"], lambda h: h @ p["v"] * 0,
+    # branch 0: an inf factor (h / 0, recomputed in the linear map under checkpoint) in a use
+    # of its own (v transposed: not merged with the others' h @ v), and a NaN cotangent (its
+    # transpose divides by 0)
+    inf_factor = jax.checkpoint(lambda h, v: (v.T @ (h / 0).T).T)
+    return lax.switch(FLAG + 1, [lambda h: inf_factor(h, p["v"]), lambda h: h @ p["v"] * 0,
                                  lambda h: h @ p["v"] + jnp.sum(h, -1, keepdims=True)], h)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("setting", SETTINGS[:4])
+@pytest.mark.parametrize("method, setting", rotated(1, settings=SETTINGS[:4]))
 def test_index_from_a_closed_over_constant(method, setting):
     check(closed_over, {"w": PARAMS["w"], "v": PARAMS["v"]}, setting, method, {})
+
+
+def test_uses_alike_in_several_branches_are_one_use():
+    """switched: u enters the switch's branches 0 and 1 alike (h @ u), the two branches of the
+    nested cond alike, and both branches of the last cond alike: three uses of u, not six."""
+    from ntkc.passes.conds import flatten_conds
+    from ntkc.passes.inline import inline
+    from ntkc.passes.uses import find_uses
+    from ntkc.trace import Traced, trace_linear
+
+    traced = trace_linear(lambda p, ins: [switched(p, ins[0], ins[1])], PARAMS,
+                          [X1, jnp.int32(0)])
+    traced = flatten_conds(Traced(inline(traced.jaxpr), traced.n_params, traced.n_inputs))
+    analysis = find_uses(traced)
+    leaves = sorted(PARAMS)  # the order of the leaves of a dict
+    assert len(analysis.uses_of_leaf(leaves.index("u"))) == 3
+    assert len(analysis.uses_of_leaf(leaves.index("b"))) == 3  # the broadcasts of b: one each
+    eqns = traced.jaxpr.jaxpr.eqns  # the primal conds stay (they compute the residuals)
+    assert not any(eqns[k].primitive.name == "cond" for k in analysis.tangent)
+    assert any(e.primitive.name == "cond" for e in eqns)
 
 
 def test_no_fallback_and_a_term_per_branch_use():
@@ -127,7 +157,8 @@ def test_no_fallback_and_a_term_per_branch_use():
     assert not plan.fallbacks
     u_terms = [t for t in plan.terms if t.leaf == "['u']"]
     assert u_terms and all(t.method == "structured" for t in u_terms)
-    assert any("in a branch" in t.structure for t in u_terms)
+    assert all("(in a branch)" in s for t in u_terms for s in t.structure)
+    assert len(u_terms) == 9  # three uses of u per side (see the test above)
 
 
 def test_a_branch_primitive_without_a_rule_falls_back_exactly():
@@ -153,23 +184,24 @@ def test_a_branch_primitive_without_a_rule_falls_back_exactly():
 
 
 def per_example_select(p, x):
-    """Under the user's vmap the predicate depends on the example: the conds become select_n of
-    both branches, and the untaken branch's primal values are NaN (log of a negative); JAX's
-    own derivative, and so the reference, is finite (d log z = dz / z)."""
+    """Under the user's vmap the predicate depends on the example: the cond becomes select_n of
+    both branches. Each branch is finite where it is taken and NaN where it is not (log of
+    x[0], of -x[0]); the NaN enters by a sum, so JAX's own derivative, and the reference, are
+    finite."""
     def one(xi):
         h = jnp.tanh(xi @ p["w"])
-        h = lax.cond(xi[0] > 0, lambda h: jnp.tanh(h @ p["u"]),
-                     lambda h: jnp.log(-1 - jnp.abs(h @ p["u"])), h)
+        h = lax.cond(xi[0] > 0, lambda h: jnp.sin(h @ p["u"]) + jnp.log(xi[0]),
+                     lambda h: jnp.tanh(h @ p["u"]) + jnp.log(-xi[0]), h)
         return h @ p["v"]
     return jax.vmap(one)(x)
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("setting", SETTINGS[:4])
+@pytest.mark.parametrize("method, setting", rotated(2, per_method=2, settings=SETTINGS[:4]))
 def test_per_example_predicate_under_vmap_is_select_n(method, setting):
-    x1 = X1.copy()
-    x1[:, 0] = [1, -1, 1, -1]
-    check(per_example_select, {k: PARAMS[k] for k in ("w", "u", "v")}, setting, method, {},
-          x1=x1)
-    jaxpr = jax.make_jaxpr(per_example_select)({k: PARAMS[k] for k in ("w", "u", "v")}, x1)
+    x1, x2 = X1.copy(), X2.copy()
+    x1[:, 0], x2[:, 0] = [1, -1, 2, -0.5], [-1, 0.5, 1]
+    params = {k: PARAMS[k] for k in ("w", "u", "v")}
+    assert not np.all(np.isfinite(jax.vmap(lambda xi: jnp.log(xi[0]))(x1)))  # NaN untaken
+    check(per_example_select, params, setting, method, {}, x1=x1, x2=x2)
+    jaxpr = jax.make_jaxpr(per_example_select)(params, x1)
     assert "select_n" in str(jaxpr) and "cond[" not in str(jaxpr)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkc._compat import Literal, bind, read
+from ntkc._compat import Literal, bind, read, wrapped_primitive
 from ntkc.ir import Form, identity_form
 from ntkc.passes.uses import Analysis
 from ntkc.rules import apply_linear, dense_forms, lookup
@@ -59,7 +59,8 @@ def _forms(analysis, u, env, tangent_vars, strict) -> list[Form]:
     rule = lookup(eqn.primitive)
     forms = None if rule is None else rule(operands, u.operand, outs, shapes, eqn.params)
     if forms is None:
-        _fallback(eqn.primitive.name, strict, "no rule" if rule is None else "rule declined")
+        wrapped = wrapped_primitive(eqn)  # in a cond branch: the primitive it wraps
+        _fallback(wrapped.name, strict, "no rule" if lookup(wrapped) is None else "rule declined")
         forms = dense_forms(eqn, operands, u.operand, eqn.invars[u.operand].aval)
     return forms
 

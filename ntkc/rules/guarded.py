@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+from jax import lax
 
 from ntkc._compat import Primitive, new_jaxpr_eqn
 from ntkc.ir import Form, OneHot
@@ -63,8 +64,24 @@ def _mask(g, x):
 @register_linear_form(guarded_p)
 def _guarded_linear(eqn, args):
     g, ins = args[0], args[1:]
-    outs = apply_linear(unwrap(eqn), [None if a is None else _mask(g, a) for a in ins])
-    return [_mask(g, y) for y in outs]
+    inner = unwrap(eqn)
+
+    def taken(arrays):
+        it = iter(arrays)
+        outs = apply_linear(inner, [_mask(g, next(it)) if _is_array(a) else a for a in ins])
+        return [_mask(g, y) for y in outs]
+
+    arrays = [a for a in ins if _is_array(a)]
+    if _guarded_flops(eqn) <= 2 * sum(math.prod(v.aval.shape) for v in inner.outvars):
+        return taken(arrays)  # elementwise: the masks, which XLA fuses
+    # A contraction: run it only when the branch is taken (g is one scalar per side, so under
+    # vmap this stays a conditional; a batched g makes it a select, exact too).
+    zeros = lambda arrays: [jnp.zeros(v.aval.shape, v.aval.dtype) for v in inner.outvars]
+    return lax.cond(g, taken, zeros, arrays)
+
+
+def _is_array(a) -> bool:
+    return a is not None and hasattr(a, "dtype")
 
 
 @register_flops(guarded_p)

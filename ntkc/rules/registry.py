@@ -286,6 +286,10 @@ def register_call(primitive, get_jaxpr: Callable) -> None:
     _CALLS[primitive] = get_jaxpr
 
 
+def unregister_call(primitive) -> None:
+    _CALLS.pop(primitive, None)
+
+
 def registered_call(eqn):
     """The sub-jaxpr of an equation of a primitive registered with :func:`register_call`, as
     ``(jaxpr, consts)``, or None."""
