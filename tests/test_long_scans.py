@@ -94,6 +94,20 @@ def test_every_method(method, model, symmetric):
     check(f, params, xs, (-1,), 0, symmetric, method=method)
 
 
+def fori_stack(p, x):
+    """fori_loop over the layers, the stacked weights closed over and indexed by the counter:
+    w[i] becomes a gather of one row per iteration once moved out of the loop (a row lookup)."""
+    def layer(i, h):
+        return h + jnp.tanh(h @ p["w"][i] + jnp.broadcast_to(p["b"][i], h.shape))
+
+    return lax.fori_loop(0, DEPTH, layer, x @ p["w_in"]) @ p["v"]
+
+
+@pytest.mark.parametrize("vmap_axes, symmetric", [(0, True), (0, False), (None, False)])
+def test_fori_loop_over_stacked_weights(vmap_axes, symmetric):
+    check(fori_stack, STACK, X_STACK, (-1,), vmap_axes, symmetric)
+
+
 def test_a_scan_inside_a_long_scan():
     """A 36-step scan inside every layer of a 40-layer scan: the inner loop, vmapped out of the
     outer one, has its uses hoisted in the next round."""

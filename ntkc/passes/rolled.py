@@ -107,13 +107,39 @@ class _Body:
                 outside.append(j)
                 needed.update(_vars(eqn.invars))
         self.outside = outside[::-1]
+        constant = set(chain_like) - batched
+        self.rows = frozenset(j for j in self.outside if _row_slice(jaxpr.eqns[j], constant))
 
 
-def _run(jaxpr, indices, env):
+def _run(jaxpr, indices, env, rows=frozenset()):
+    """Evaluates the equations ``indices`` into ``env``; those in ``rows`` (see
+    :func:`_row_slice`) as a gather of one row."""
     for j in indices:
         eqn = jaxpr.eqns[j]
-        env.update(zip(eqn.outvars, bind(eqn, [read(env, v) for v in eqn.invars])))
+        args = [read(env, v) for v in eqn.invars]
+        env.update(zip(eqn.outvars, _gather_row(*args) if j in rows else bind(eqn, args)))
     return env
+
+
+def _row_slice(eqn, unbatched_params) -> bool:
+    """``w[i]`` of stacked weights closed over by the loop, ``i`` from the iteration (a
+    ``fori_loop`` over layers): a ``dynamic_slice`` of one row at a traced index."""
+    if eqn.primitive is not lax.dynamic_slice_p or eqn.invars[0] not in unbatched_params:
+        return False
+    # whole along the other axes, where dynamic_slice clamps every start index to 0
+    shape = eqn.invars[0].aval.shape
+    return tuple(eqn.params["slice_sizes"]) == (1,) + tuple(shape[1:])
+
+
+def _gather_row(operand, start, *_):
+    """``dynamic_slice(operand, (start, ...), (1, ...))`` as a gather of one row (clamped
+    like dynamic_slice): batched over the iterations it is a row lookup, which has a rule
+    (vmapped, ``dynamic_slice`` becomes a gather of every index that has none)."""
+    dims = lax.GatherDimensionNumbers(offset_dims=tuple(range(1, operand.ndim)),
+                                      collapsed_slice_dims=(0,), start_index_map=(0,))
+    ids = jnp.reshape(start, (1, 1))
+    return [lax.gather(operand, ids, dims, (1,) + operand.shape[1:],
+                       mode=lax.GatherScatterMode.CLIP)]
 
 
 def _hoisted_scan(eqn, args: list, sources: set[int]) -> list:
@@ -134,7 +160,7 @@ def _hoisted_scan(eqn, args: list, sources: set[int]) -> list:
         env = dict(zip(jaxpr.constvars, body.consts))
         env.update(zip(const_in, consts))
         env.update(zip(xs_in, xs))
-        _run(jaxpr, split.outside, env)
+        _run(jaxpr, split.outside, env, split.rows)
         return [env[v] for v in split.boundary]
 
     values = jax.vmap(outside, in_axes=(None, 0), out_axes=[0 if s else None for s in split.stacked],
