@@ -68,10 +68,11 @@ def ntk_fn(
         leaf), or a registered method (built in: ``"structured"``, ``"jacobian"``,
         ``"ntvp"``); or a pytree of method names, a prefix of params: a method per leaf.
       strict: raise instead of falling back to a dense rule for a primitive with no rule.
-      memory_limit: bytes the program's working set may take (estimated from shapes: the
-        per-example Jacobians, the VJPs, or the structured operands and largest step; the
-        kernel itself not counted). The planner picks contraction orders whose every step fits,
-        a method that fits (``"auto"``), or else computes the kernel in blocks of examples that
+      memory_limit: bytes the program may take as XLA's memory analysis counts them
+        (estimated from shapes: its arguments and kernel, plus the per-example Jacobians, the
+        VJPs and batched JVPs, or the structured operands and largest step; 1-2x XLA's count:
+        bench/estimates.py). The planner picks contraction orders whose every step fits, a
+        method that fits (``"auto"``), or else computes the kernel in blocks of examples that
         fit (under ``vmap_axes``); ``PathMemoryError`` when nothing does.
       by_param: return each parameter leaf's contribution instead of their sum: per output
         leaf, a pytree shaped like ``params`` whose leaves sum to the kernel.

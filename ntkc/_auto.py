@@ -20,19 +20,20 @@ from ntkc.ir import Fallback
 from ntkc.methods import mixed, registry, structured
 from ntkc.passes import capability
 from ntkc.passes.assign import CostModel, LinearMap, OutputShape, assign
-from ntkc.passes.cost import Cost, eqn_flops, eqn_values, jaxpr_flops
+from ntkc.passes.cost import Cost, eqn_flops, eqn_values, jaxpr_flops, jaxpr_values
 from ntkc.passes.path import PathMemoryError
 
 
 def _forward_flops(f, config: Config, params, x1, x2, kwargs1, kwargs2, jaxprs=(None, None)):
     """FLOPs of one primal forward pass over the whole of x1 and of x2 (from f's jaxprs for
-    them where given: the argument checks traced them already)."""
-    def flops(jaxpr, x, kwargs):
-        # x is an argument, not a closure, so that jax.ShapeDtypeStruct inputs work (ntkc.compile)
-        return jaxpr_flops(jaxpr or jax.make_jaxpr(lambda p, x: f(p, x, **kwargs))(params, x))
-
-    flops1 = flops(jaxprs[0], x1, kwargs1)
-    return flops1, flops1 if config.x2_is_x1 else flops(jaxprs[1], x2, kwargs2)
+    them where given: the argument checks traced them already), and the entries of the values
+    x1's computes."""
+    # x is an argument, not a closure, so that jax.ShapeDtypeStruct inputs work (ntkc.compile)
+    trace = lambda x, kwargs: jax.make_jaxpr(lambda p, x: f(p, x, **kwargs))(params, x)
+    jaxpr1 = jaxprs[0] or trace(x1, kwargs1)
+    flops1 = jaxpr_flops(jaxpr1)
+    flops2 = flops1 if config.x2_is_x1 else jaxpr_flops(jaxprs[1] or trace(x2, kwargs2))
+    return flops1, flops2, jaxpr_values(jaxpr1)
 
 
 def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, schedule,
@@ -42,7 +43,8 @@ def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, schedule,
     ``jaxprs``: f's closed jaxprs for x1 and x2 where already traced."""
     b = config.batching
     n1, n2 = (b.size1, b.size2) if b is not None else (1, 1)
-    flops1, flops2 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2, jaxprs)
+    flops1, flops2, values1 = _forward_flops(f, config, params, x1, x2, kwargs1, kwargs2,
+                                             jaxprs)
     outputs = tuple(
         OutputShape(math.prod(a.shape1), math.prod(a.shape2),
                     math.prod(a.kernel_shape) * a.trace_size,
@@ -70,10 +72,20 @@ def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, schedule,
         structured_bytes = (_structured_bytes(records, itemsize, config.x2_is_x1)
                             + max((d.bytes for d in dense), default=0.0))
     linear = (LinearMap.from_analysis(analyses[0]) if analyses
-              else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1))
+              else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1, values1 / n1))
     return CostModel(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
                      linear, terms, itemsize, structured_bytes,
-                     _unavailable(f, params, x1, kwargs1, jaxprs[0], records is not None))
+                     _unavailable(f, params, x1, kwargs1, jaxprs[0], records is not None),
+                     _fixed_bytes(config, params, x1, x2))
+
+
+def _fixed_bytes(config: Config, params, x1, x2) -> float:
+    """The program's arguments (params and inputs) and the kernel it returns, in bytes."""
+    kernels = sum(math.prod(a.kernel_shape) * jax.numpy.dtype(d).itemsize
+                  for a, d in zip(config.axes, config.dtypes))
+    arguments = jax.tree.leaves((params, x1, None if config.x2_is_x1 else x2))
+    return float(sum(math.prod(jax.numpy.shape(a)) * leaf_dtype(a).itemsize for a in arguments)
+                 + kernels)
 
 
 def _unavailable(f, params, x1, kwargs1, jaxpr, planned: bool) -> frozenset:

@@ -162,7 +162,7 @@ def test_chunk_sides_of_a_convolutional_model(monkeypatch):
         return jnp.tanh(h).reshape(x.shape[0], -1) @ p["w"]
 
     x1, x2 = r.standard_normal((1, 4, 4, 2)), r.standard_normal((1, 4, 4, 2))
-    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=12000)
+    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=16000)
     config, inner = _splits_of(kfn, x1, x2, p)
     assert config.chunk is not None and inner.block is None
     calls = _count_calls(kfn._chunk_sides(*config.chunk), "pair")
@@ -174,7 +174,7 @@ def test_chunk_sides_of_a_convolutional_model(monkeypatch):
 
 def test_chunk_sides_under_the_users_jit_with_kwargs():
     g = lambda p, x, scale: f(p, x) * scale
-    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=3000)
+    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=6000)
     x1, x2 = X1[:1], X2[:1]
     assert kfn.prepare(x1, x2, P, scale=2.0)[0].chunk is not None
     got = jax.jit(lambda a, b, p, s: kfn(a, b, p, scale=s))(x1, x2, P, 2.0)
@@ -191,7 +191,7 @@ def test_nothing_fits_names_both_splits():
 def test_compile_holds_an_output_split():
     """ntkc.compile of a kernel streamed over outputs: one program holding every chunk, equal to
     the reference; its plan names the split."""
-    options = dict(trace_axes=(), vmap_axes=0, method="structured", memory_limit=8192)
+    options = dict(trace_axes=(), vmap_axes=0, method="structured", memory_limit=16384)
     compiled = ntkc.compile(f, X1, X2, P, **options)
     assert "in chunks of 6 of the 12 outputs along output axis 1" in str(compiled.plan.split)
     assert compiled.method == "structured"
@@ -223,6 +223,6 @@ def test_structured_unbatched_inputs_that_differ_between_the_sides():
 
 
 def test_plan_names_the_output_chunks():
-    plan = ntkc.plan(f, X1, X2, P, trace_axes=(), vmap_axes=0, memory_limit=8192)
+    plan = ntkc.plan(f, X1, X2, P, trace_axes=(), vmap_axes=0, memory_limit=16384)
     assert str(plan.split).endswith("in chunks of 6 of the 12 outputs along output axis 1")
     assert plan.terms

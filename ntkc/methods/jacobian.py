@@ -54,10 +54,22 @@ def flops(cost_model, leaves) -> float:
 
 
 def working_set(cost_model, leaves) -> float:
-    """The per-example Jacobians of both sides (one when x2 is x1)."""
-    entries = sum(o.size2 + (0 if cost_model.same_inputs else o.size1)
-                  for o in cost_model.outputs)
-    return float(entries * cost_model.parameters(leaves) * cost_model.itemsize)
+    """x1's per-example Jacobians, and x2's of the largest leaf (XLA contracts each leaf's as
+    the reverse pass gives it); when x2 is x1, the largest leaf's Jacobian and its transposed
+    copy (the contraction's other operand) and half of the others (XLA's measured memory:
+    bench/estimates.py); plus each side's reverse pass (its residuals and cotangents) and the
+    flipped convolution kernels."""
+    linear, m = cost_model.linear, cost_model
+    tangents, residuals = linear.tangents(leaves), linear.residuals(leaves)
+    s1, s2 = (sum(o.size1 for o in m.outputs), sum(o.size2 for o in m.outputs))
+    params, largest = m.parameters(leaves), max(m.leaf_sizes[i] for i in leaves)
+    if m.same_inputs:
+        jacobians = s1 * (2 * largest + (params - largest) / 2)
+        passes = m.examples1 * residuals + s1 * tangents
+    else:
+        jacobians = s1 * params + s2 * largest
+        passes = (m.examples1 + m.examples2) * residuals + (s1 + s2) * tangents
+    return float((jacobians + passes + linear.copies(leaves)) * m.itemsize)
 
 
 def gram_side(prob: Problem) -> tuple[list, object]:

@@ -121,9 +121,17 @@ def flops(cost_model, leaves) -> float:
 
 
 def working_set(cost_model, leaves) -> float:
-    """The VJPs of every entry of f(x2)."""
-    entries = sum(o.size2 for o in cost_model.outputs)
-    return float(entries * cost_model.parameters(leaves) * cost_model.itemsize)
+    """The VJPs of every entry of f(x2) (s₂·P), then the larger of the two passes: the VJPs'
+    (x2's residuals and s₂ cotangents) and the batched JVPs' (x1's residuals and a tangent per
+    entry of f(x2) and x1 example, N₁·s₂ of them: on conv nets the most), plus the flipped
+    convolution kernels."""
+    linear, m = cost_model.linear, cost_model
+    tangents, residuals = linear.tangents(leaves), linear.residuals(leaves)
+    entries = sum(o.size2 for o in m.outputs)
+    jvps = sum((m.examples1 if o.pairs_all else 1) * o.size2 for o in m.outputs)
+    passes = max(m.examples2 * residuals + entries * tangents,
+                 m.examples1 * residuals + jvps * tangents)
+    return float((entries * m.parameters(leaves) + linear.copies(leaves) + passes) * m.itemsize)
 
 
 # No per-example part to reuse in a Gram matrix: every pair of examples costs its own passes.

@@ -48,7 +48,7 @@ class Method:
         of the kernel of the parameter leaves ``leaves`` (indices), from the shapes and FLOPs
         in ``cost_model`` (``ntkc.passes.assign.CostModel``).
       working_set: ``working_set(cost_model, leaves) -> float``: the estimated bytes its program
-        holds at once (the kernel itself not counted).
+        holds at once besides its arguments and the kernel (``CostModel.fixed_bytes``).
       gram: its side and pair functions for Gram matrices, or None when it has no per-example
         work to reuse (``ntkc.gram`` then calls the kernel function per tile).
       per_leaf: whether it computes any group of parameter leaves: a name ``method=`` accepts

@@ -26,8 +26,10 @@ def flops(cost_model, leaves) -> float:
 
 
 def working_set(cost_model, leaves) -> float:
-    """Every side's operands (cotangents, factors) and the largest contraction step."""
-    return cost_model.structured_bytes or 0.0
+    """Every side's operands (cotangents, factors) and the largest contraction step, and the
+    flipped convolution kernels of the cotangent passes."""
+    copies = cost_model.linear.copies(leaves) * cost_model.itemsize
+    return (cost_model.structured_bytes or 0.0) + copies
 
 
 def gram_side(prob) -> tuple[list, tuple]:

@@ -34,13 +34,14 @@ estimated.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
 
 from ntkc._compat import Literal
 from ntkc.methods import registry, structured
-from ntkc.passes.cost import eqn_flops
+from ntkc.passes.cost import eqn_flops, last_reads, live_peak
 from ntkc.rules import per_example_gradient_factor
 
 # A mixed plan runs a program per group: prefer one method unless mixing is clearly cheaper,
@@ -48,6 +49,10 @@ from ntkc.rules import per_example_gradient_factor
 MIXING_MARGIN = 0.9
 # Another method replaces structured only below this fraction of its estimate.
 SWITCH_MARGIN = 0.8
+# XLA holds batched tangents and cotangents (a JVP or VJP per output entry) at 0.7-1.75x the
+# least a liveness scan finds (layout copies between ops; bench/estimates.py): the working sets
+# count them at the top of that range, so that a program fits the limit it was planned for.
+BATCHED_TANGENTS = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +65,26 @@ class LinearMap:
       uses: ``(L, E)`` bool: equation ``e`` consumes leaf ``i``'s value (a use).
       slow: ``(E,)`` extra FLOPs-equivalent of a use equation when the jacobian method computes
         its per-example weight gradients (see :data:`CONV_WEIGHT_GRADIENT_FACTOR`).
+      values, born, dies: ``(E,)`` entries of each equation's tangent outputs (one example, one
+        tangent), and the indices of the equations that compute them and last read them: the
+        tangents alive at once (:meth:`tangents`).
+      residual_sizes, residual_reads: ``(R,)`` entries of each primal value (activations,
+        masks) that the equations read, and ``(R, E)`` which equations read it: what a reverse
+        pass keeps per example (:meth:`residuals`).
+      flipped: ``(E,)`` entries of the kernel a convolution of a tangent by a primal kernel
+        reads: its transpose (the cotangent pass) runs on a flipped copy (:meth:`copies`).
     """
 
     flops: np.ndarray
     reach: np.ndarray
     uses: np.ndarray
     slow: np.ndarray
+    values: np.ndarray | None = None
+    born: np.ndarray | None = None
+    dies: np.ndarray | None = None
+    residual_sizes: np.ndarray | None = None
+    residual_reads: np.ndarray | None = None
+    flipped: np.ndarray | None = None
 
     @classmethod
     def from_analysis(cls, analysis) -> "LinearMap":
@@ -87,6 +106,7 @@ class LinearMap:
                 flops.append((k, eqn_flops(eqn)))
                 reached.append(mask)
         column = {k: j for j, (k, _) in enumerate(flops)}
+        memory = _tangent_memory(jaxpr, [k for k, _ in flops], masks)
         cost = np.array([c for _, c in flops], float).reshape(-1)
         reach = np.array([[bool(m >> i & 1) for m in reached] for i in range(n)], bool)
         reach = reach.reshape(n, -1)
@@ -98,13 +118,16 @@ class LinearMap:
                 uses[use.chain.leaf, j] = True
                 primitive = analysis.traced.jaxpr.jaxpr.eqns[use.eqn_index].primitive
                 slow[j] = (per_example_gradient_factor(primitive) - 1) * cost[j]
-        return cls(cost, reach, uses, slow)
+        return cls(cost, reach, uses, slow, *memory)
 
     @classmethod
-    def uniform(cls, n_leaves: int, flops: float) -> "LinearMap":
-        """Without an analysis: every leaf reaches one equation of ``flops``, no uses."""
+    def uniform(cls, n_leaves: int, flops: float, values: float = 0.0) -> "LinearMap":
+        """Without an analysis: every leaf reaches one equation of ``flops``, no uses, whose
+        tangents and residuals are ``values`` entries (per example)."""
+        one = np.ones(1)
         return cls(np.array([flops], float), np.ones((n_leaves, 1), bool),
-                   np.zeros((n_leaves, 1), bool), np.zeros(1))
+                   np.zeros((n_leaves, 1), bool), np.zeros(1), values * one, 0 * one, 0 * one,
+                   values * one, np.ones((1, 1), bool), np.zeros(1))
 
     def reached(self, group: Sequence[int]) -> float:
         return float(self.flops @ self.reach[list(group)].any(0))
@@ -114,6 +137,61 @@ class LinearMap:
 
     def slow_gradients(self, group: Sequence[int]) -> float:
         return float(self.slow @ self.uses[list(group)].any(0))
+
+    def tangents(self, group: Sequence[int]) -> float:
+        """The tangent entries alive at once when the equations that ``group``'s tangents reach
+        run in order (one example, one tangent): forward mode's working set, and (its
+        transpose) a cotangent pass's; the least a liveness scan finds times
+        :data:`BATCHED_TANGENTS`."""
+        if self.values is None:
+            return 0.0
+        on = self.reach[list(group)].any(0)
+        return BATCHED_TANGENTS * live_peak(self.values[on], self.born[on], self.dies[on])
+
+    def residuals(self, group: Sequence[int]) -> float:
+        """Entries of the primal values that those equations read (one example)."""
+        if self.residual_sizes is None:
+            return 0.0
+        on = self.reach[list(group)].any(0)
+        return float(self.residual_sizes @ self.residual_reads[:, on].any(1))
+
+    def copies(self, group: Sequence[int]) -> float:
+        """Entries of the flipped convolution kernels that a cotangent pass through those
+        equations reads (once, not per example)."""
+        if self.flipped is None:
+            return 0.0
+        return float(self.flipped @ self.reach[list(group)].any(0))
+
+
+def _tangent_memory(jaxpr, columns: list, masks: dict) -> tuple:
+    """:class:`LinearMap`'s memory fields for the equations ``columns`` (indices into
+    ``jaxpr.eqns``) of a linear jaxpr whose tangent variables are the keys of ``masks``."""
+    last = last_reads(jaxpr)
+    size = lambda v: math.prod(v.aval.shape)
+    arguments = set(jaxpr.invars) | set(jaxpr.constvars)  # held by the caller, not per example
+    values, dies, flipped = [], [], []
+    residuals: dict = {}  # primal var -> the columns that read it
+    for j, k in enumerate(columns):
+        eqn = jaxpr.eqns[k]
+        outs = [v for v in eqn.outvars if v in last]
+        values.append(sum(size(v) for v in outs))
+        dies.append(max((last[v] for v in outs), default=k))
+        kernel = 0
+        for i, v in enumerate(eqn.invars):
+            if isinstance(v, Literal) or v in masks:
+                continue
+            if v not in arguments:
+                residuals.setdefault(v, []).append(j)
+            # the input gradient of conv(tangent, kernel) convolves with the flipped kernel
+            if eqn.primitive.name == "conv_general_dilated" and i == 1 and eqn.invars[0] in masks:
+                kernel = size(v)
+        flipped.append(kernel)
+    sizes = np.array([size(v) for v in residuals], float).reshape(-1)
+    reads = np.zeros((len(residuals), len(columns)), bool)
+    for r, js in enumerate(residuals.values()):
+        reads[r, js] = True
+    return (np.array(values, float).reshape(-1), np.array(columns, float).reshape(-1),
+            np.array(dies, float).reshape(-1), sizes, reads, np.array(flipped, float).reshape(-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +228,8 @@ class CostModel:
       structured_bytes: the structured program's working set: every side's operands (cotangents,
         factors) and the largest contraction step.
       unavailable: methods that cannot run the model (a while loop they would reverse).
+      fixed_bytes: what every method's program holds besides its working set: its arguments
+        (params, inputs) and the kernel it returns.
     """
 
     outputs: tuple
@@ -164,6 +244,7 @@ class CostModel:
     itemsize: int = 4
     structured_bytes: float | None = None
     unavailable: frozenset = frozenset()
+    fixed_bytes: float = 0.0
 
     @property
     def methods(self) -> tuple:
@@ -213,8 +294,10 @@ class CostModel:
             yield m, [i for i, a in enumerate(assignment) if a == m]
 
     def peak(self, assignment: Sequence[str]) -> float:
-        """Estimated working set of an assignment: its groups' together (one program)."""
-        return sum(self.memory(m, group) for m, group in self._groups(assignment))
+        """Estimated bytes of an assignment's program, as XLA's memory analysis counts them:
+        its groups' working sets together (one program), its arguments and its kernel."""
+        return self.fixed_bytes + sum(self.memory(m, group)
+                                      for m, group in self._groups(assignment))
 
     def cost(self, assignment: Sequence[str]) -> float:
         """Total estimated FLOPs of a per-leaf assignment of methods."""

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 from jax.extend import core as jex_core
 
 from ntkc._compat import sub_jaxprs
@@ -112,3 +113,33 @@ def jaxpr_values(jaxpr) -> float:
     if isinstance(jaxpr, jex_core.ClosedJaxpr):
         jaxpr = jaxpr.jaxpr
     return sum(eqn_values(e) for e in jaxpr.eqns)
+
+
+# ----------------------------------------------------------------------------- values alive
+
+
+def last_reads(jaxpr) -> dict:
+    """Per variable of a jaxpr, the index of the last equation that reads it (the number of
+    equations for its outputs: alive to the end)."""
+    last = {}
+    for k, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if not isinstance(v, jex_core.Literal):
+                last[v] = k
+    for v in jaxpr.outvars:
+        if not isinstance(v, jex_core.Literal):
+            last[v] = len(jaxpr.eqns)
+    return last
+
+
+def live_peak(sizes, born, dies) -> float:
+    """The most entries alive at once when equations run in order and value ``i`` (``sizes[i]``
+    entries) lives from equation ``born[i]`` through ``dies[i]``: a liveness scan, the least
+    memory any schedule of that order needs."""
+    sizes, born, dies = (np.asarray(a).reshape(-1) for a in (sizes, born, dies))
+    if not sizes.size:
+        return 0.0
+    delta = np.zeros(int(max(dies.max(), born.max())) + 2)
+    np.add.at(delta, born.astype(int), sizes)
+    np.add.at(delta, dies.astype(int) + 1, -sizes)
+    return float(np.cumsum(delta).max())

@@ -1,0 +1,104 @@
+"""The planner's working-set estimates against XLA's memory analysis of the compiled kernel
+program (arguments + outputs + temporaries), per method: what ``memory_limit`` is checked
+against must not fall below what the program then takes (bench/estimates.py measures the same
+on larger models; bench/RESULTS.md records it).
+
+Bounds, on these models: every method's estimate is at least 0.9x XLA's (an under-estimate
+lets a program exceed ``memory_limit``; measured 0.97-1.7x here, 1.02-2.8x on bench/estimates'
+larger models); ntvp's at most 1.6x, jacobian's and structured's at most 2x (jacobian assumes
+x1's Jacobians all held where XLA streams some leaves into the contraction; structured counts
+a cotangent that a use and the bias add after it share once per use).
+"""
+
+import jax
+import pytest
+
+import ntkc
+from ntkc import _split
+from bench import models
+from bench.estimates import estimates, xla_numbers
+from ntkc.methods import registry
+
+UPPER = {"structured": 2.0, "jacobian": 2.0, "ntvp": 1.6}
+
+
+def mlp():
+    f, params, x = models.mlp(n=6, width=64, depth=2, inputs=16)
+    return f, params, x[:3], x[3:]
+
+
+def cnn():
+    f, params, x = models.cnn(n=4, channels=8, image=8)
+    return f, params, x[:2], x[2:]
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian", "ntvp"])
+@pytest.mark.parametrize("model,trace_axes,same", [
+    (mlp, (-1,), True), (mlp, (), False), (cnn, (), True), (cnn, (-1,), False)])
+def test_the_working_set_estimate_follows_xlas_memory_analysis(model, trace_axes, same, method):
+    f, params, x1, x2 = model()
+    x2 = None if same else x2
+    estimate, _ = estimates(f, params, x1, x2, method, trace_axes)
+    xla, _ = xla_numbers(f, params, x1, x2, method, trace_axes)
+    assert 0.9 <= estimate / xla <= UPPER[method], (estimate, xla)
+
+
+def test_auto_under_a_memory_limit_picks_only_programs_that_fit():
+    """Limits just below and above each method's XLA peak: whatever auto runs unsplit fits."""
+    f, params, x1, _ = cnn()
+    options = dict(trace_axes=(), vmap_axes=0)
+    peaks = {m: xla_numbers(f, params, x1, None, m, options["trace_axes"])[0]
+             for m in registry.per_leaf_names()}
+    unsplit = []
+    for limit in sorted(int(p * s) for p in peaks.values() for s in (0.9, 1.1)):
+        config, _ = ntkc.ntk_fn(f, method="auto", memory_limit=limit, **options).prepare(
+            x1, None, params)
+        if config.block or config.chunk:
+            continue
+        peak = peaks.get(config.method)
+        if peak is None:  # a per-leaf mix: its own program
+            compiled = ntkc.compile(f, x1, None, params, method="auto", memory_limit=limit,
+                                    **options)
+            m = compiled.executable.memory_analysis()
+            peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        assert peak <= limit, (config.method, peak, limit)
+        unsplit.append(config.method)
+    assert unsplit, "no limit left a method that fits whole: the check ran on nothing"
+
+
+@pytest.mark.parametrize("limit", [2**17, 2**18])
+def test_structured_and_auto_agree_on_chunks_of_outputs(limit):
+    """A small analogue of ResNet-50 at N=1, O=1000 under 16 GiB: one example, many outputs,
+    a limit that only chunks of outputs fit. Both check the program of two different chunks
+    against the limit (the costlier call); auto may take larger chunks only with another
+    method whose program of two chunks, compiled, fits."""
+    f, params, x = models.cnn(n=1, outputs=24, channels=8, image=8)
+    chosen = {}
+    for method in ("structured", "auto"):
+        kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method=method, memory_limit=limit)
+        try:
+            config, _ = kfn.prepare(x, None, params)
+        except ntkc.PathMemoryError:  # not even one output fits
+            chosen[method] = (None, None)
+            continue
+        if config.chunk is None:  # it fits whole
+            assert config.method != "structured", (method, config)
+            chosen[method] = (len(config.axes[0].shape1), config.method)
+            continue
+        axis, size = config.chunk
+        chunk = kfn._chunk_fn(axis, size)
+        one, other = (x, _split.output_start(0)), (x, _split.output_start(size))
+        pair = chunk.prepare(one, other, params)[0]
+        assert pair.block is None and pair.method in registry.per_leaf_names()
+        # the kernel function of two chunks as its calls run it: XLA's count of its program
+        compiled = jax.jit(lambda a, b, p: chunk(a, b, p)).lower(one, other, params).compile()
+        m = compiled.memory_analysis()
+        peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        assert peak <= limit, (method, size, pair.method, peak)
+        chosen[method] = (size, pair.method)
+    (size_s, _), (size_a, method_a) = chosen["structured"], chosen["auto"]
+    assert size_a is not None, chosen  # auto fits whenever structured does, and here more
+    if method_a == "structured":
+        assert size_a == size_s, chosen
+    else:
+        assert size_s is None or size_a >= size_s, chosen
