@@ -12,6 +12,9 @@ Three stand-ins, applied in the worker process before ``import neural_tangents``
 - On JAX versions that removed internals neural-tangents imports (JAX >= 0.4.36 or so), the
   missing names are aliased to their current homes in ``jax._src``. Each alias is set only when
   the name is missing, so on JAX 0.4.25 nothing is changed but the stub above.
+- On JAX versions whose ``slice`` and ``dynamic_slice`` transposes are "fancy" (JAX 0.9:
+  registered in ``ad.fancy_transposes`` only), a classic transpose rule that runs the fancy one
+  is registered for them, as neural-tangents' backward pass reads the classic table.
 - ``implementation=AUTO`` counts FLOPs with ``compiled.cost_analysis()[0]``; newer JAX returns a
   dict, not a list of dicts, so its helper is replaced by one that reads either.
 """
@@ -81,6 +84,33 @@ def _patch_jax():
         except AttributeError:
             # Removed in JAX 0.9.0; neural-tangents only uses it as a key in its rule tables.
             _alias(ad, "zeros_like_p", src_core.Primitive("zeros_like"))
+
+    # Transposes that JAX moved to `ad.fancy_transposes` (rules that accumulate into the
+    # operands' GradAccum instead of returning cotangents): neural-tangents' own backward pass
+    # reads `ad.get_primitive_transpose`, so e.g. ViT's class-token slice fails with "Transpose
+    # rule for 'slice' not implemented". A classic rule that runs the fancy one is added for
+    # the plain (non-call) primitives among them, where none is registered.
+    from jax._src.lax import slicing
+
+    for prim in (slicing.slice_p, slicing.dynamic_slice_p):
+        fancy = getattr(src_ad, "fancy_transposes", {}).get(prim)
+        if fancy is not None and prim not in src_ad.primitive_transposes:
+            src_ad.primitive_transposes[prim] = _classic_transpose(src_ad, fancy)
+            ALIASES_APPLIED.append(f"jax.interpreters.ad.primitive_transposes[{prim.name}] "
+                                   "(from fancy_transposes)")
+
+
+def _classic_transpose(ad, fancy):
+    """``rule(ct, *invals, **params) -> cotangents per operand`` from a fancy rule that
+    accumulates into a ``GradAccum`` per linear operand (None for the others)."""
+    from jax._src.interpreters import ad as src_ad
+
+    def transpose(ct, *invals, **params):
+        accs = [src_ad.ValAccum(x.aval) if ad.is_undefined_primal(x) else x for x in invals]
+        fancy(ct, *accs, **params)
+        return [a.freeze() if isinstance(a, src_ad.ValAccum) else None for a in accs]
+
+    return transpose
 
 
 def import_nt():
