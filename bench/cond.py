@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ import numpy as np
 from jax import lax
 
 import ntkc
+from bench.paper import _best_seconds
 
 ACTIVATIONS = (jnp.tanh, jax.nn.relu, jnp.sin)
 
@@ -34,16 +34,6 @@ def switched(p, x, mode):
 def written_out(p, x, mode):  # mode a Python int: the taken branch only
     h = x @ p["w_in"]
     return ACTIVATIONS[mode](h @ p["w"][mode]) @ p["v"]
-
-
-def _best(fn, repeats):
-    fn().block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn().block_until_ready()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv=None):
@@ -67,7 +57,8 @@ def main(argv=None):
         scale = float(jnp.abs(got["written out"]).max())
         assert float(jnp.abs(got["switch"] - got["written out"]).max()) <= 1e-4 * scale
         for r in range(args.rounds):
-            t = {k: _best(lambda k=k: kernels[k](x1, second, params, mode=mode[k]), args.repeats)
+            t = {k: _best_seconds(lambda k=k: kernels[k](x1, second, params, mode=mode[k]),
+                                  args.repeats)
                  for k in kernels}
             print(f"{label} round {r}: switch {t['switch'] * 1e3:.1f} ms, written out "
                   f"{t['written out'] * 1e3:.1f} ms, ratio {t['switch'] / t['written out']:.2f} "

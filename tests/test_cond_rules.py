@@ -205,3 +205,58 @@ def test_per_example_predicate_under_vmap_is_select_n(method, setting):
     check(per_example_select, params, setting, method, {}, x1=x1, x2=x2)
     jaxpr = jax.make_jaxpr(per_example_select)(params, x1)
     assert "select_n" in str(jaxpr) and "cond[" not in str(jaxpr)
+
+
+def _guarded_eqn(fn, *args):
+    """The guarded equation wrapping fn's one equation, with a boolean g as operand 0."""
+    from ntkc.rules.guarded import guard
+
+    inner = jax.make_jaxpr(fn)(*args).jaxpr.eqns[0]
+    jaxpr = jax.make_jaxpr(lambda g, *a: guard(g, inner, list(a)))(True, *args)
+    return jaxpr.jaxpr.eqns[0]
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_guarded_rule_masks_the_wrapped_rule(taken):
+    """The rule of `guarded` is the wrapped primitive's, every factor masked by where (a
+    one-hot factor's indices set past the end); its linear form and its dense fallback are the
+    wrapped equation's values where the branch is taken, exact zeros where not, even on NaN."""
+    from ntkc.ir import OneHot
+    from ntkc.rules import apply_linear, dense_forms, lookup
+    from ntkc.rules.guarded import unwrap
+
+    x = np.full((2, 3), np.nan) if not taken else R.standard_normal((2, 3))
+    w = R.standard_normal((3, 4))
+    eqn = _guarded_eqn(lambda x, w: x @ w, x, w)
+    assert eqn.primitive.name == "guarded" and unwrap(eqn).primitive.name == "dot_general"
+    g = jnp.bool_(taken)
+    params = dict(eqn.params)
+    shapes = [(), (2, 3), (3, 4)]
+    outs = [v.aval for v in eqn.outvars]
+    forms = lookup(eqn.primitive)([g, x, None], 2, outs, shapes, params)
+    inner = lookup(lax.dot_general_p)([x, None], 1, outs, shapes[1:], unwrap(eqn).params)
+    assert [f.spec[:3] for f in forms] == [f.spec[:3] for f in inner]
+    for f, i in zip(forms, inner):
+        for (a, _), (b, _) in zip(f.factors, i.factors):
+            np.testing.assert_array_equal(a, b if taken else np.zeros_like(b))
+    values = apply_linear(eqn, [g, x, w])[0]
+    np.testing.assert_array_equal(values, x @ w if taken else np.zeros((2, 4)))
+    dense = dense_forms(eqn, [g, x, None], 2, eqn.invars[2].aval)[0].factors[0][0]
+    want = np.einsum("ik,jl->ijkl", x, np.eye(4)) if taken else np.zeros((2, 4, 3, 4))
+    np.testing.assert_allclose(dense, want)
+    assert lookup(eqn.primitive)([g, x, w], 0, outs, shapes, params) is None  # g is no parameter
+
+    ids = jnp.array([[2], [0]])  # a row lookup: a one-hot factor
+    table = R.standard_normal((5, 3))
+    rows = lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(0,),
+                                      start_index_map=(0,))
+    eqn = _guarded_eqn(lambda t, i: lax.gather(t, i, rows, (1, 3), mode="promise_in_bounds"),
+                       table, ids)
+    operands = [g, None, ids]
+    shapes = [tuple(v.aval.shape) for v in eqn.invars]
+    forms = lookup(eqn.primitive)(operands, 1, [v.aval for v in eqn.outvars], shapes,
+                                  dict(eqn.params))
+    onehots = [(a, l) for f in forms for a, l in f.factors if isinstance(l, OneHot)]
+    assert onehots
+    for a, labels in onehots:
+        np.testing.assert_array_equal(a, ids[:, 0] if taken else np.full(2, labels.size))

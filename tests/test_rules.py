@@ -538,9 +538,14 @@ def test_every_claim_has_a_check():
     assert claims <= set(CHECKS), claims - set(CHECKS)
 
 
+# Rules that are another rule, transformed, on a primitive that cannot be bound on its own:
+# checked where that primitive is made.
+CHECKED_ELSEWHERE = {"guarded": "tests/test_cond_rules.py::test_guarded_rule_masks_the_wrapped_rule"}
+
+
 def test_every_registered_rule_has_cases():
     """Every built-in rule (defined in ntkc.rules; other tests register their own) has cases."""
-    covered = {c.primitive for c in CASES}
+    covered = {c.primitive for c in CASES} | set(CHECKED_ELSEWHERE)
     builtin = [p for p, r in registered().items() if r.fn.__module__.startswith("ntkc.rules")]
     missing = sorted(p.name for p in builtin if p.name not in covered)
     assert not missing, f"registered rules without a case in tests/test_rules.py: {missing}"
