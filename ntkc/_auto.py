@@ -137,8 +137,8 @@ def dense_fallbacks(records, sizes, same_inputs: bool, itemsize: int) -> list[Fa
     for (u, side), leaf in found.items():
         eqn = analyses[0].traced.jaxpr.jaxpr.eqns[analyses[0].uses[u].eqn_index]
         n = sizes[side]
-        out.append(Fallback(leaf, eqn.primitive.name, _compat.source_line(eqn), side + 1,
-                            n * _dense_rule_flops(analyses[0], u),
+        out.append(Fallback(leaf, _compat.wrapped_primitive(eqn).name, _compat.source_line(eqn),
+                            side + 1, n * _dense_rule_flops(analyses[0], u),
                             _dense_rule_values(analyses[0], u, n) * itemsize))
     return out
 

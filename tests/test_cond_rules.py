@@ -181,6 +181,12 @@ def test_a_branch_primitive_without_a_rule_falls_back_exactly():
                                                                     mode=jnp.int32(0))
     want = reference(f, X1, X2, params, setting, {"mode": 0}, {"mode": 0})
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = ntkc.plan(f, X1, X2, params, trace_axes=(), vmap_axes=0, method="structured",
+                         kwargs={"mode": jnp.int32(0)})
+    # the fallback is named by the primitive the branch computes, not its guard
+    assert {fb.primitive for fb in plan.fallbacks} == {"triangular_solve"}
 
 
 def per_example_select(p, x):
