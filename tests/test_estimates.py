@@ -4,7 +4,7 @@ against must not fall below what the program then takes (bench/estimates.py meas
 on larger models; bench/RESULTS.md records it).
 
 Bounds, on these models: every method's estimate is at least 0.9x XLA's (an under-estimate
-lets a program exceed ``memory_limit``; measured 0.97-1.7x here, 1.02-2.8x on bench/estimates'
+lets a program exceed ``memory_limit``; measured 0.97-1.7x here, 1.04-2.8x on bench/estimates'
 larger models); ntvp's at most 1.6x, jacobian's and structured's at most 2x (jacobian assumes
 x1's Jacobians all held where XLA streams some leaves into the contraction; structured counts
 a cotangent that a use and the bias add after it share once per use).
@@ -14,9 +14,9 @@ import jax
 import pytest
 
 import ntkc
-from ntkc import _split
 from bench import models
 from bench.estimates import estimates, xla_numbers
+from ntkc import _split
 from ntkc.methods import registry
 
 UPPER = {"structured": 2.0, "jacobian": 2.0, "ntvp": 1.6}

@@ -53,6 +53,9 @@ SWITCH_MARGIN = 0.8
 # least a liveness scan finds (layout copies between ops; bench/estimates.py): the working sets
 # count them at the top of that range, so that a program fits the limit it was planned for.
 BATCHED_TANGENTS = 1.5
+# XLA's CPU programs hold two flipped copies of a convolution kernel that a cotangent pass runs
+# through (ResNet-18's structured program: six 3x3x512x512 buffers for three such kernels).
+FLIPPED_COPIES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,10 +160,10 @@ class LinearMap:
 
     def copies(self, group: Sequence[int]) -> float:
         """Entries of the flipped convolution kernels that a cotangent pass through those
-        equations reads (once, not per example)."""
+        equations reads (:data:`FLIPPED_COPIES` of each, not per example)."""
         if self.flipped is None:
             return 0.0
-        return float(self.flipped @ self.reach[list(group)].any(0))
+        return FLIPPED_COPIES * float(self.flipped @ self.reach[list(group)].any(0))
 
 
 def _tangent_memory(jaxpr, columns: list, masks: dict) -> tuple:
