@@ -287,8 +287,8 @@ class CostModel:
         return registry.get(method).flops(self, group) if group else 0.0
 
     def memory(self, method: str, group: Sequence[int]) -> float:
-        """Estimated working-set bytes of ``method`` on the leaves ``group`` (the kernel itself
-        not counted)."""
+        """Estimated working-set bytes of ``method`` on the leaves ``group`` (its arguments and
+        the kernel not counted: :attr:`fixed_bytes`)."""
         return float(registry.get(method).working_set(self, group)) if group else 0.0
 
     def _groups(self, assignment: Sequence[str]):
