@@ -24,12 +24,14 @@ import numpy as np
 
 import ntkc
 from ntkc._api import KernelFunction
-from bench import models, paper_models
+from bench import models
 
 METHODS = ("structured", "jacobian", "ntvp")
 
 
 def _resnet18(n, outputs):
+    from bench import paper_models  # Flax: imported only for this model
+
     f, params, x1, x2 = paper_models.resnet18(n=n, outputs=outputs, image=32)
     return f, params, x1, x2
 

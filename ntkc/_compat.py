@@ -18,7 +18,6 @@ Var = jex_core.Var
 ClosedJaxpr = jex_core.ClosedJaxpr
 Jaxpr = jex_core.Jaxpr
 Primitive = jex_core.Primitive
-new_jaxpr_eqn = jex_core.new_jaxpr_eqn
 
 # Call-like primitives whose sub-jaxpr computes exactly the equation's outputs from its inputs,
 # so they can be inlined. Names across JAX 0.9-0.12 (pjit was renamed jit; remat is checkpoint).

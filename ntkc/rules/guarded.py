@@ -22,7 +22,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from ntkc._compat import Primitive, new_jaxpr_eqn
+from ntkc._compat import Primitive
 from ntkc.ir import Form, OneHot
 from ntkc.rules.registry import (apply_linear, flops_rule, lookup, register, register_flops,
                                  register_linear_form)
@@ -50,8 +50,7 @@ def guard(g, eqn, args: list) -> list:
 def unwrap(eqn):
     """The equation a ``guarded`` equation wraps (without ``g``)."""
     params = {k: v for k, v in eqn.params.items() if k not in (_PRIMITIVE, _AVALS)}
-    return new_jaxpr_eqn(eqn.invars[1:], eqn.outvars, eqn.params[_PRIMITIVE], params,
-                         eqn.effects, eqn.source_info)
+    return eqn.replace(invars=eqn.invars[1:], primitive=eqn.params[_PRIMITIVE], params=params)
 
 
 def _mask(g, x):
