@@ -97,8 +97,8 @@ def ntk_fn(
 class KernelFunction:
     """The kernel function returned by :func:`ntk_fn`: ``kernel_fn(x1, x2, params, **kwargs)``.
 
-    Checks its arguments once per input signature (outside ``jit``) and runs one jitted program
-    per signature.
+    Asks its planner (``ntkc._planner.Planner``) for the plan of each input signature, once,
+    outside ``jit``, and runs it as one jitted program per signature (a split plan: its parts).
     """
 
     def __init__(self, f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, method="auto",
@@ -118,7 +118,8 @@ class KernelFunction:
         self._jit_by_options: dict[tuple, Callable] = {}
         self._chunk_fns: dict[tuple[int, int], KernelFunction] = {}
         self._chunk_sides_by_size: dict[tuple[int, int], _split.FactoredChunks] = {}
-        self.__doc__ = f"Empirical NTK of {getattr(self.f, '__name__', self.f)!s} (method={self.method!r})."
+        name = getattr(self.f, "__name__", self.f)
+        self.__doc__ = f"Empirical NTK of {name!s} (method={self.method!r})."
 
     def prepare(self, x1, x2, params, **kwargs):
         """Checks the arguments and plans the call (``ntkc._planner.Planner.configure``):
@@ -145,8 +146,8 @@ class KernelFunction:
         return self._chunk_sides_by_size[axis, size]
 
     def _jit(self, config: Config, args) -> Callable:
-        """``ntkc._execute.compute`` under ``jax.jit``, with ``config.compiler_options`` when it is the
-        top-level jit (JAX refuses options on a nested one: then XLA's defaults apply)."""
+        """``ntkc._execute.compute`` under ``jax.jit``, with ``config.compiler_options`` when it
+        is the top-level jit (JAX refuses options on a nested one: then XLA's defaults apply)."""
         options = () if _compat.is_traced(args) else config.compiler_options
         jitted = self._jit_by_options.get(options)
         if jitted is None:
