@@ -242,8 +242,12 @@ def plan(f: Callable, x1, x2, params, *, trace_axes=(-1,), diagonal_axes=(), vma
         chunks = (axis, size, chosen.axes[0].shape1[axis])
         kfn = kfn._chunk_fn(axis, size)
         f, options["vmap_axes"] = kfn.f, kfn.vmap_axes
-        x1 = (x1, _split.output_start(0))
-        x2 = None if x2 is None else (x2, _split.output_start(0))
+        if axis in chosen.axes[0].free:  # most calls pair two different chunks
+            x1, x2 = ((x1, _split.output_start(0)),
+                      (x1 if x2 is None else x2, _split.output_start(size)))
+        else:  # traced or diagonal: each chunk with itself
+            x1, x2 = (x1, _split.output_start(0)), (None if x2 is None
+                                                     else (x2, _split.output_start(0)))
         chosen = kfn.prepare(x1, x2, params, **kwargs)[0]
     blocks = None
     if chosen.block:  # the plan of one block: what each call of the split kernel runs

@@ -226,3 +226,22 @@ def test_plan_names_the_output_chunks():
     plan = ntkc.plan(f, X1, X2, P, trace_axes=(), vmap_axes=0, memory_limit=16384)
     assert str(plan.split).endswith("in chunks of 6 of the 12 outputs along output axis 1")
     assert plan.terms
+
+
+@pytest.mark.parametrize("x2", [None, X2])
+def test_plan_of_free_output_chunks_is_the_call_of_two_different_chunks(x2):
+    """Most calls of a free output axis's split pair two different chunks (with x2=None too):
+    the plan shows that call's method, which may differ from a chunk paired with itself."""
+    kfn = ntkc.ntk_fn(f, (), vmap_axes=0, memory_limit=16384)
+    config, _ = kfn.prepare(X1, x2, P)
+    axis, size = config.chunk
+    two = kfn._chunk_fn(axis, size).prepare((X1, _split.output_start(0)),
+                                            (X1 if x2 is None else x2, _split.output_start(size)),
+                                            P)[0]
+    plan = ntkc.plan(f, X1, x2, P, trace_axes=(), vmap_axes=0, memory_limit=16384)
+    if two.block:  # that call in turn splits its examples: the plan is of one of its blocks
+        assert plan.split.examples == two.block
+    else:
+        assert plan.split.examples is None and plan.method == two.method
+    np.testing.assert_allclose(plan.kernel(X1, x2, P), reference_ntk(f, X1, x2, P, ()),
+                               rtol=1e-10, atol=1e-12)
