@@ -1,6 +1,9 @@
 """The linear forms of the cotangent pass (ntkc/rules/linear_forms.py): each is the same linear
 map as its primitive, its transpose equals JAX's, and kernels through it match the reference."""
 
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +112,24 @@ def test_structured_program_has_no_select_and_scatter_on_cpu():
     kernel_fn = ntkc.ntk_fn(_pool_cnn, trace_axes=(), vmap_axes=0, method="structured")
     text = jax.jit(lambda a, p: kernel_fn(a, None, p)).lower(x, params).as_text()
     assert ("select_and_scatter" in text) is (jax.default_backend() != "cpu")
+
+
+@pytest.mark.quick
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the form is CPU-only (JAX's elsewhere)")
+@pytest.mark.parametrize("x2", [False, True])
+def test_pool_winners_are_found_once_per_example_not_per_cotangent(x2):
+    """The claim of ``_window_winners``: each pool's winners come from one variadic
+    reduce_window per side over the examples' activations, outside the cotangent basis (its
+    result carries no output axis), so the transpose only compares positions."""
+    rng = np.random.default_rng(3)
+    params = {"c1": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32),
+              "c2": jnp.asarray(rng.standard_normal((3, 3, 4, 4)), jnp.float32),
+              "w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32)}
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 2)), jnp.float32)
+    other = x + 1.0 if x2 else None
+    kernel_fn = ntkc.ntk_fn(_pool_cnn, trace_axes=(), vmap_axes=0, method="structured")
+    text = jax.jit(lambda a, b, p: kernel_fn(a, b, p)).lower(x, other, params).as_text()
+    shapes = re.findall(r"-> \(tensor<([0-9x]+)xf32>, tensor<([0-9x]+)xi32>\)", text)
+    sizes = sorted(math.prod(int(d) for d in f.split("x")) for f, i in shapes if f == i)
+    # the 3x3 / 2 pool gives 2 x 4 x 4 x 4 winners, the 2x2 / 2 pool 2 x 2 x 2 x 4; per side
+    assert sizes == sorted([2 * 4 * 4 * 4, 2 * 2 * 2 * 4] * (2 if x2 else 1))

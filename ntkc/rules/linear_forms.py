@@ -9,6 +9,7 @@ contraction order (``bench/profile.py`` shows it per op).
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -37,18 +38,50 @@ def _phases(a, fill, padding, size, strides) -> list:
     return [part[0] for part in lax.split(a, [1] * a.shape[0], axis=0)]
 
 
+def _window_winners(operand, dims, strides, padding, larger: bool):
+    """For each pooling window, the position of its first maximum (minimum) relative to the
+    window's first entry, as a flat index over the padded window axes (row-major); None where
+    that index would not fit int32.
+
+    One variadic ``reduce_window`` over (value, position): it is not an elementwise op, so XLA
+    materialises it once per example instead of fusing the comparisons into every cotangent's
+    transpose, which recomputed them per cotangent and per window entry (the transpose of the
+    running-maximum chain this replaces took 0.3 s of a 2.4 s ResNet-18 stem program). Ties go
+    to the smaller position, the first in row-major order, as ``ge`` / ``le`` keep it.
+    """
+    fill = jnp.array(-jnp.inf if larger else jnp.inf, operand.dtype)
+    padded = lax.pad(operand, fill, [(lo, hi, 0) for lo, hi in padding])
+    windowed = [a for a, d in enumerate(dims) if d > 1]
+    step = {a: math.prod(padded.shape[b] for b in windowed if b > a) for a in windowed}
+    if not windowed or math.prod(padded.shape[a] for a in windowed) >= 2**31:
+        return None
+    position = sum(lax.broadcasted_iota(jnp.int32, padded.shape, a) * step[a] for a in windowed)
+
+    def first_best(x, y):
+        (vx, px), (vy, py) = x, y
+        keep = (vx > vy if larger else vx < vy) | ((vx == vy) & (px < py))
+        return jnp.where(keep, vx, vy), jnp.where(keep, px, py)
+
+    _, best = lax.reduce_window((padded, position), (fill, jnp.int32(2**31 - 1)), first_best,
+                                dims, strides, "VALID")
+    start = sum(lax.broadcasted_iota(jnp.int32, best.shape, a) * (strides[a] * step[a])
+                for a in windowed)
+    return best - start, step
+
+
 @register_linear_form(select_and_gather_add_p)
 def _pooled_tangent(eqn, args):
     """Max (min) pooling's JVP: the tangent at each window's first maximum (minimum).
 
     Its transpose in JAX is ``select_and_scatter_add``, which XLA:CPU expands into an iota of
     indices per window entry, a concatenate and a scatter: 14% of the op time of ResNet-18's
-    structured program at N=8, O=8, 224² (``bench/profile.py``). Here the operand and the
-    tangent are split into their stride phases once, and each window entry is a contiguous
-    slice of its phase, selected by a mask: the transpose is small pads, a concatenate and a
-    transpose. (Strided slices of the padded arrays instead transpose into one full-size pad
-    per window entry, which XLA:CPU does not fuse: no faster than select-and-scatter.) On other
-    backends (a native select-and-scatter, unmeasured) JAX's form is kept.
+    structured program at N=8, O=8, 224² (``bench/profile.py``). Here each window's winner is
+    found once (:func:`_window_winners`), the tangent is split into its stride phases once, and
+    each window entry is a contiguous slice of its phase, kept where it is the winner: the
+    transpose is masks, small pads, a concatenate and a transpose. (Strided slices of the
+    padded arrays instead transpose into one full-size pad per window entry, which XLA:CPU does
+    not fuse: no faster than select-and-scatter.) On other backends (a native
+    select-and-scatter, unmeasured) JAX's form is kept.
     """
     p = eqn.params
     if (not _on_cpu() or any(d != 1 for d in p["base_dilation"])
@@ -56,26 +89,22 @@ def _pooled_tangent(eqn, args):
             or p["select_prim"] not in (lax.ge_p, lax.le_p)):
         return None
     tangent, operand = args
-    larger = p["select_prim"] is lax.ge_p
     dims, strides, padding = p["window_dimensions"], p["window_strides"], p["padding"]
+    winners = _window_winners(operand, dims, strides, padding, p["select_prim"] is lax.ge_p)
+    if winners is None:
+        return None
+    winner, step = winners
     count = [(n + lo + hi - d) // s + 1
              for n, (lo, hi), d, s in zip(operand.shape, padding, dims, strides)]
     # a multiple of the stride on each axis, holding the padded input and every window
     size = [s * max(-(-(n + lo + hi) // s), c + (d - 1) // s)
             for n, (lo, hi), d, s, c in zip(operand.shape, padding, dims, strides, count)]
-    operands = _phases(operand, -jnp.inf if larger else jnp.inf, padding, size, strides)
     tangents = _phases(tangent, 0, padding, size, strides)
-    best = value = None
-    for offset in itertools.product(*(range(d) for d in dims)):  # row-major: XLA's window order
+    value = None
+    for offset in itertools.product(*(range(d) for d in dims)):
         phase = int(np.ravel_multi_index([o % s for o, s in zip(offset, strides)], strides))
         start = [o // s for o, s in zip(offset, strides)]
-        end = [b + c for b, c in zip(start, count)]
-        x = lax.slice(operands[phase], start, end)
-        t = lax.slice(tangents[phase], start, end)
-        if best is None:
-            best, value = x, t
-            continue
-        take = x > best if larger else x < best  # ties keep the earlier entry, as ge / le do
-        best = jnp.where(take, x, best)
-        value = jnp.where(take, t, value)
+        t = lax.slice(tangents[phase], start, [b + c for b, c in zip(start, count)])
+        term = jnp.where(winner == sum(o * step.get(a, 0) for a, o in enumerate(offset)), t, 0)
+        value = term if value is None else value + term
     return [value]
