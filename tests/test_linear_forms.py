@@ -133,3 +133,83 @@ def test_pool_winners_are_found_once_per_example_not_per_cotangent(x2):
     sizes = sorted(math.prod(int(d) for d in f.split("x")) for f, i in shapes if f == i)
     # the 3x3 / 2 pool gives 2 x 4 x 4 x 4 winners, the 2x2 / 2 pool 2 x 2 x 2 x 4; per side
     assert sizes == sorted([2 * 4 * 4 * 4, 2 * 2 * 2 * 4] * (2 if x2 else 1))
+
+
+# (input shape, kernel shape, strides, padding, dimension numbers, feature groups): ResNet's
+# 3x3 / 2 and 1x1 / 2 (a 1x1 kernel reads one phase), channels first with groups and uneven
+# padding, 1-D with stride 4, a 7x7 / 2 stem
+STRIDED_CONVS = [
+    ((2, 9, 9, 4), (3, 3, 4, 5), (2, 2), ((1, 1), (1, 1)), ("NHWC", "HWIO", "NHWC"), 1),
+    ((2, 9, 9, 4), (1, 1, 4, 5), (2, 2), ((0, 0), (0, 0)), ("NHWC", "HWIO", "NHWC"), 1),
+    ((2, 4, 11, 10), (6, 2, 5, 3), (3, 2), ((2, 0), (1, 3)), ("NCHW", "OIHW", "NCHW"), 2),
+    ((3, 13, 4), (7, 4, 6), (4,), ((3, 3),), ("NWC", "WIO", "NWC"), 1),
+    ((2, 8, 8, 4), (7, 7, 4, 5), (2, 2), ((3, 3), (3, 3)), ("NHWC", "HWIO", "NHWC"), 1),
+]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("shape,kernel,strides,padding,dn,groups", STRIDED_CONVS)
+def test_strided_conv_form_is_the_same_bilinear_map(shape, kernel, strides, padding, dn, groups):
+    """The same values, and the same transposes in either operand (the input gradient is what
+    the cotangent pass runs), to float32 rounding: the phases' sums are taken in another order."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel), jnp.float32)
+    conv = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn,
+                                                 feature_group_count=groups)
+    (eqn,) = jax.make_jaxpr(conv)(x, w).jaxpr.eqns
+    ours = lambda x, w: apply_linear(eqn, [x, w])[0]
+    expected = conv(x, w)
+    tol = dict(rtol=1e-5, atol=1e-5 * float(jnp.abs(expected).max()))
+    np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(expected), **tol)
+    ct = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+    for i, arg in enumerate((x, w)):
+        def along(fn, i=i):
+            return jax.linear_transpose(lambda a: fn(*((a, w) if i == 0 else (x, a))), arg)(ct)[0]
+        ref_t = along(conv)
+        np.testing.assert_allclose(np.asarray(along(ours)), np.asarray(ref_t), rtol=1e-5,
+                                   atol=1e-5 * float(jnp.abs(ref_t).max()))
+
+
+def _strided_cnn(p, x):
+    h = jax.nn.relu(lax.conv_general_dilated(x, p["c1"], (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    r = lax.conv_general_dilated(h, p["down"], (2, 2), "VALID",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = lax.conv_general_dilated(h, p["c2"], (2, 2), ((1, 1), (1, 1)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(h + r).mean((1, 2)) @ p["w"]
+
+
+def _strided_params(rng):
+    shapes = {"c1": (3, 3, 2, 4), "down": (1, 1, 4, 6), "c2": (3, 3, 4, 6), "w": (6, 3)}
+    return {k: jnp.asarray(rng.standard_normal(s) / np.sqrt(np.prod(s[:-1])), jnp.float32)
+            for k, s in shapes.items()}
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("trace_axes,x2", [((), False), ((-1,), True)])
+def test_kernel_through_strided_convs_matches_reference(trace_axes, x2):
+    rng = np.random.default_rng(5)
+    params = _strided_params(rng)
+    x1 = jnp.asarray(rng.standard_normal((3, 9, 9, 2)), jnp.float32)
+    other = jnp.asarray(rng.standard_normal((2, 9, 9, 2)), jnp.float32) if x2 else None
+    kernel_fn = ntkc.ntk_fn(_strided_cnn, trace_axes=trace_axes, vmap_axes=0, method="structured")
+    got = kernel_fn(x1, other, params)
+    ref = reference_ntk(_strided_cnn, x1, other, params, trace_axes=trace_axes)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+
+
+@pytest.mark.quick
+def test_structured_program_has_no_input_dilated_conv_on_cpu():
+    """The claim the form is there for: no input gradient of a strided convolution runs as a
+    convolution over the dilated cotangent."""
+    rng = np.random.default_rng(6)
+    params = _strided_params(rng)
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, 2)), jnp.float32)
+    kernel_fn = ntkc.ntk_fn(_strided_cnn, trace_axes=(), vmap_axes=0, method="structured")
+    text = jax.jit(lambda a, p: kernel_fn(a, None, p)).lower(x, params).as_text()
+    dilations = re.findall(r"lhs_dilate = \[([0-9, ]+)\]", text)
+    assert dilations, "no convolution found in the lowered program"
+    assert any(set(d.replace(" ", "").split(",")) != {"1"} for d in dilations) is (
+        jax.default_backend() != "cpu")

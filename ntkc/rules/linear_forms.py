@@ -108,3 +108,63 @@ def _pooled_tangent(eqn, args):
         term = jnp.where(winner == sum(o * step.get(a, 0) for a, o in enumerate(offset)), t, 0)
         value = term if value is None else value + term
     return [value]
+
+
+@register_linear_form(lax.conv_general_dilated_p)
+def _strided_conv(eqn, args):
+    """A strided convolution as the sum of stride-1 convolutions of its input's stride phases,
+    phase ``r`` against the kernel taps ``r, r + s, ...`` (the same taps, the same FLOPs).
+
+    Its transpose, the input gradient in the cotangent pass, is then stride-1 convolutions and
+    one concatenate, where JAX's is a convolution over the input-dilated cotangent, which
+    XLA:CPU runs at a quarter to a half of its stride-1 rate: ResNet-18's 3x3 stride-2 input
+    gradients at batch 64 ran 68-107 GFLOP/s against 118-235 in this form, its 1x1 stride-2
+    ones 20 against 46. The rewrite is of the bilinear map itself, so it holds whichever
+    operand is the tangent. Only on CPU (where it was measured) and for the common case: no
+    dilation, no batch groups, non-negative padding.
+    """
+    p = eqn.params
+    strides = p["window_strides"]
+    if (not _on_cpu() or all(s == 1 for s in strides)
+            or any(d != 1 for d in p["lhs_dilation"]) or any(d != 1 for d in p["rhs_dilation"])
+            or p["batch_group_count"] != 1 or any(lo < 0 or hi < 0 for lo, hi in p["padding"])):
+        return None
+    lhs, rhs = args
+    dn = p["dimension_numbers"]
+    lhs_axes, rhs_axes = dn.lhs_spec[2:], dn.rhs_spec[2:]
+    kernel = [rhs.shape[a] for a in rhs_axes]
+    sizes = [lhs.shape[a] for a in lhs_axes]
+    count = [(n + lo + hi - k) // s + 1
+             for n, (lo, hi), k, s in zip(sizes, p["padding"], kernel, strides)]
+    if any(c <= 0 for c in count):
+        return None
+    # per spatial axis, phases long enough for every output of the longest sub-kernel
+    blocks = [max(-(-(n + lo + hi) // s), c + -(-k // s) - 1)
+              for n, (lo, hi), k, s, c in zip(sizes, p["padding"], kernel, strides, count)]
+    axis_strides, axis_padding, size = [1] * lhs.ndim, [(0, 0)] * lhs.ndim, list(lhs.shape)
+    for a, s, pad, b in zip(lhs_axes, strides, p["padding"], blocks):
+        axis_strides[a], axis_padding[a], size[a] = s, pad, s * b
+    phases = _phases(lhs, 0, axis_padding, size, axis_strides)
+    out = None
+    for residue in itertools.product(*(range(s) for s in strides)):
+        taps = [len(range(r, k, s)) for r, k, s in zip(residue, kernel, strides)]
+        if 0 in taps:  # a phase no kernel tap reads (a 1x1 kernel reads one phase)
+            continue
+        axis_residue = [0] * lhs.ndim
+        for a, r in zip(lhs_axes, residue):
+            axis_residue[a] = r
+        x = phases[int(np.ravel_multi_index(axis_residue, axis_strides))]
+        limit = list(x.shape)
+        for a, c, t in zip(lhs_axes, count, taps):
+            limit[a] = c + t - 1
+        x = lax.slice(x, [0] * x.ndim, limit)
+        start, step = [0] * rhs.ndim, [1] * rhs.ndim
+        for a, r, s in zip(rhs_axes, residue, strides):
+            start[a], step[a] = r, s
+        w = lax.slice(rhs, start, rhs.shape, step)
+        y = lax.conv_general_dilated(
+            x, w, (1,) * len(strides), [(0, 0)] * len(strides), dimension_numbers=dn,
+            feature_group_count=p["feature_group_count"], precision=p["precision"],
+            preferred_element_type=p["preferred_element_type"])
+        out = y if out is None else out + y
+    return [out]
