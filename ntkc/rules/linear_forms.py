@@ -40,8 +40,9 @@ def _phases(a, fill, padding, size, strides) -> list:
 
 def _window_winners(operand, dims, strides, padding, larger: bool):
     """For each pooling window, the position of its first maximum (minimum) relative to the
-    window's first entry, as a flat index over the padded window axes (row-major); None where
-    that index would not fit int32.
+    window's first entry, as a flat index over the padded window axes (row-major), with the
+    flat step of each window axis: ``(positions, {axis: step})``; None where that index would
+    not fit int32.
 
     One variadic ``reduce_window`` over (value, position): it is not an elementwise op, so XLA
     materialises it once per example instead of fusing the comparisons into every cotangent's
