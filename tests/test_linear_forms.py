@@ -171,6 +171,25 @@ def test_strided_conv_form_is_the_same_bilinear_map(shape, kernel, strides, padd
                                    atol=1e-5 * float(jnp.abs(ref_t).max()))
 
 
+@pytest.mark.quick
+def test_strided_conv_form_keeps_patch_embeddings_whole():
+    """A 16x16 / 16 convolution reads 256 phases: JAX's own form is kept, not 256 convolutions."""
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    w = jnp.zeros((16, 16, 3, 8), jnp.float32)
+    conv = lambda x, w: lax.conv_general_dilated(x, w, (16, 16), "VALID",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    (eqn,) = jax.make_jaxpr(conv)(x, w).jaxpr.eqns
+    convs = [e for e in jax.make_jaxpr(lambda x: apply_linear(eqn, [x, w]))(x).jaxpr.eqns
+             if e.primitive is lax.conv_general_dilated_p]
+    assert len(convs) == 1 and convs[0].params["window_strides"] == (16, 16)
+    w = w[:3, :3]  # 3x3 / 2 reads 4 phases: the form
+    (eqn,) = jax.make_jaxpr(lambda x, w: lax.conv_general_dilated(
+        x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w).jaxpr.eqns
+    convs = [e for e in jax.make_jaxpr(lambda x: apply_linear(eqn, [x, w]))(x).jaxpr.eqns
+             if e.primitive is lax.conv_general_dilated_p]
+    assert len(convs) == (4 if jax.default_backend() == "cpu" else 1)
+
+
 def _strided_cnn(p, x):
     h = jax.nn.relu(lax.conv_general_dilated(x, p["c1"], (1, 1), "SAME",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))
