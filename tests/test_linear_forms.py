@@ -93,11 +93,16 @@ def test_kernel_through_max_pools_matches_reference(trace_axes, x2):
     params = {"c1": rng.standard_normal((3, 3, 2, 4)) / 4, "c2": rng.standard_normal((3, 3, 4, 4)) / 6,
               "w": rng.standard_normal((4, 3))}
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-    x1 = jnp.asarray(rng.standard_normal((3, 8, 8, 2)), jnp.float32)
-    other = jnp.asarray(rng.standard_normal((2, 8, 8, 2)), jnp.float32) if x2 else None
-    kernel_fn = ntkc.ntk_fn(_pool_cnn, trace_axes=trace_axes, vmap_axes=0, method="structured")
+    _check_kernel(_pool_cnn, params, (8, 8, 2), trace_axes, x2, rng)
+
+
+def _check_kernel(f, params, image, trace_axes, x2, rng):
+    """The structured kernel of ``f`` on 3 (and 2 other) random images against the reference."""
+    x1 = jnp.asarray(rng.standard_normal((3, *image)), jnp.float32)
+    other = jnp.asarray(rng.standard_normal((2, *image)), jnp.float32) if x2 else None
+    kernel_fn = ntkc.ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, method="structured")
     got = kernel_fn(x1, other, params)
-    ref = reference_ntk(_pool_cnn, x1, other, params, trace_axes=trace_axes)
+    ref = reference_ntk(f, x1, other, params, trace_axes=trace_axes)
     np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
 
 
@@ -210,13 +215,7 @@ def _strided_params(rng):
 @pytest.mark.parametrize("trace_axes,x2", [((), False), ((-1,), True)])
 def test_kernel_through_strided_convs_matches_reference(trace_axes, x2):
     rng = np.random.default_rng(5)
-    params = _strided_params(rng)
-    x1 = jnp.asarray(rng.standard_normal((3, 9, 9, 2)), jnp.float32)
-    other = jnp.asarray(rng.standard_normal((2, 9, 9, 2)), jnp.float32) if x2 else None
-    kernel_fn = ntkc.ntk_fn(_strided_cnn, trace_axes=trace_axes, vmap_axes=0, method="structured")
-    got = kernel_fn(x1, other, params)
-    ref = reference_ntk(_strided_cnn, x1, other, params, trace_axes=trace_axes)
-    np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+    _check_kernel(_strided_cnn, _strided_params(rng), (9, 9, 2), trace_axes, x2, rng)
 
 
 @pytest.mark.quick
