@@ -38,6 +38,16 @@ def _phases(a, fill, padding, size, strides) -> list:
     return [part[0] for part in lax.split(a, [1] * a.shape[0], axis=0)]
 
 
+def _windows(sizes, padding, window, strides) -> tuple[list, list]:
+    """Per axis, the number of windows of a strided window op (pooling, convolution), and the
+    length of the stride phases that hold the padded input and every window's entries."""
+    count = [(n + lo + hi - w) // s + 1
+             for n, (lo, hi), w, s in zip(sizes, padding, window, strides)]
+    blocks = [max(-(-(n + lo + hi) // s), c + -(-w // s) - 1)
+              for n, (lo, hi), w, s, c in zip(sizes, padding, window, strides, count)]
+    return count, blocks
+
+
 def _window_winners(operand, dims, strides, padding, larger: bool):
     """For each pooling window, the position of its first maximum (minimum) relative to the
     window's first entry, as a flat index over the padded window axes (row-major), with the
@@ -95,11 +105,8 @@ def _pooled_tangent(eqn, args):
     if winners is None:
         return None
     winner, step = winners
-    count = [(n + lo + hi - d) // s + 1
-             for n, (lo, hi), d, s in zip(operand.shape, padding, dims, strides)]
-    # a multiple of the stride on each axis, holding the padded input and every window
-    size = [s * max(-(-(n + lo + hi) // s), c + (d - 1) // s)
-            for n, (lo, hi), d, s, c in zip(operand.shape, padding, dims, strides, count)]
+    count, blocks = _windows(operand.shape, padding, dims, strides)
+    size = [s * b for s, b in zip(strides, blocks)]
     tangents = _phases(tangent, 0, padding, size, strides)
     value = None
     for offset in itertools.product(*(range(d) for d in dims)):
@@ -138,13 +145,9 @@ def _strided_conv(eqn, args):
     lhs_axes, rhs_axes = dn.lhs_spec[2:], dn.rhs_spec[2:]
     kernel = [rhs.shape[a] for a in rhs_axes]
     sizes = [lhs.shape[a] for a in lhs_axes]
-    count = [(n + lo + hi - k) // s + 1
-             for n, (lo, hi), k, s in zip(sizes, p["padding"], kernel, strides)]
+    count, blocks = _windows(sizes, p["padding"], kernel, strides)
     if any(c <= 0 for c in count):
         return None
-    # per spatial axis, phases long enough for every output of the longest sub-kernel
-    blocks = [max(-(-(n + lo + hi) // s), c + -(-k // s) - 1)
-              for n, (lo, hi), k, s, c in zip(sizes, p["padding"], kernel, strides, count)]
     axis_strides, axis_padding, size = [1] * lhs.ndim, [(0, 0)] * lhs.ndim, list(lhs.shape)
     for a, s, pad, b in zip(lhs_axes, strides, p["padding"], blocks):
         axis_strides[a], axis_padding[a], size[a] = s, pad, s * b
