@@ -60,10 +60,7 @@ def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, schedule,
         terms = [0.0] * len(leaf_sizes)
         for r in records:
             if r.kind == "term":
-                flops = r.path.cost.flops
-                if config.x2_is_x1:
-                    flops -= _repeated_side_flops(r)
-                terms[r.param_leaf] += flops
+                terms[r.param_leaf] += r.path.cost.flops - r.path.repeated_flops
         dense = dense_fallbacks(records, (n1, n2), config.x2_is_x1, itemsize)
         for d in dense:
             terms[d.leaf] += d.flops
@@ -160,30 +157,6 @@ def _dense_rule_values(analysis, u, n: int) -> float:
     # the identity basis and the operand's tangent (both |p| x |p|), and per example one tangent
     # per entry of p with its primal through the equation's values
     return 2 * size * size + 2 * n * size * eqn_values(eqn)
-
-
-def _repeated_side_flops(record) -> float:
-    """FLOPs of the steps that contract x2's operands alone, in a term that pairs a use with
-    itself when x2 is x1: they repeat x1's steps on the same arrays, and XLA computes them once
-    (common subexpressions), so they cost nothing."""
-    if record.uses[0] != record.uses[1] or record.outputs[0] != record.outputs[1]:
-        return 0.0
-    sides = record.sides
-    steps = iter(record.path.steps)
-    repeated = 0.0
-
-    def visit(tree) -> set:  # post-order, as the path's steps are listed
-        nonlocal repeated
-        if isinstance(tree, int):
-            return {sides[tree]}
-        members = visit(tree[0]) | visit(tree[1])
-        step = next(steps)
-        if members == {2}:
-            repeated += step[3].flops
-        return members
-
-    visit(record.path.tree)
-    return repeated
 
 
 def schedule_structured(trace, config: Config, warn: bool = True):

@@ -67,7 +67,7 @@ def build_plan(records, cotangents: Cost, method: str, kernel_shapes, output_nam
             method=_method_of(r) if own == structured.NAME else own,
             einsum=_letters(r.labels, r.output),
             order=_path_str(info.tree),
-            cost=info.cost,
+            cost=dataclasses.replace(info.cost, flops=info.cost.flops - info.repeated_flops),
             naive=info.naive,
         ))
     fallbacks = tuple(dataclasses.replace(f, leaf=leaf_names[f.leaf]) for f in fallbacks)

@@ -123,7 +123,8 @@ class Term:
         by NTK-vector products (or "jacobian" by the Jacobian method) in a per-leaf plan.
       einsum: the network in einsum notation.
       order: the chosen contraction path (opt_einsum's linear format).
-      cost: the chosen order's cost; ``naive`` one step over every label.
+      cost: the chosen order's cost, without the steps that repeat x1's on the same arrays when
+        x2 is x1 (XLA computes them once); ``naive`` one step over every label.
     """
 
     output: str

@@ -217,20 +217,25 @@ def _args(model):
 
 
 def test_repeated_side_steps_are_free_when_x2_is_x1():
-    """A dense layer's term x1 (w-side) pairs with itself: the side-local steps repeat."""
-    f = lambda p, x: (x @ p["w"]) @ p["v"]
-    params = {"w": normal((6, 64)), "v": normal((64, 3))}
-    x = normal((4, 6))
-    plan = ntkc.plan(f, x, None, params, vmap_axes=0, trace_axes=())
+    """Each use of a token model's weights pairs with itself: with the outputs traced, each
+    side's weight gradient is the cheaper order once x2's repeats x1's, and the estimate counts
+    it once; with a distinct x2 nothing repeats."""
+    f = lambda p, x: jnp.mean(jnp.tanh(x @ p["w"]) @ p["v"], axis=-2)
+    params = {"w": normal((32, 16)), "v": normal((16, 4))}
+    x = normal((2, 16, 32))
+    plan = ntkc.plan(f, x, None, params, vmap_axes=0, trace_axes=(-1,))
     terms = [r for r in plan.records if r.kind == "term"]
-    repeated = [_auto._repeated_side_flops(r) for r in terms]
-    assert all(0 <= c < r.path.cost.flops for c, r in zip(repeated, terms))
-    swapped = [dataclasses.replace(r, uses=(r.uses[0], r.uses[0] + 1)) for r in terms]
-    assert all(_auto._repeated_side_flops(r) == 0 for r in swapped)
-    req_same = _auto.cost_model(f, ntkc.ntk_fn(f, (), vmap_axes=0).prepare(x, None, params)[0],
+    assert all(0 <= r.path.repeated_flops < r.path.cost.flops for r in terms)
+    assert any(r.path.repeated_flops > 0 for r in terms)
+    assert all(t.cost.flops == r.path.cost.flops - r.path.repeated_flops
+               for t, r in zip(plan.terms, terms))
+    cross = ntkc.plan(f, x, x + 1, params, vmap_axes=0, trace_axes=(-1,))
+    assert all(r.path.repeated_flops == 0 for r in cross.records if r.kind == "term")
+    req_same = _auto.cost_model(f, ntkc.ntk_fn(f, vmap_axes=0).prepare(x, None, params)[0],
                                 params, x, x, {}, {}, ntkc.ir.Schedule(plan.records))
     full = tuple(sum(r.path.cost.flops for r in terms if r.param_leaf == i) for i in range(2))
     assert all(a <= b for a, b in zip(req_same.terms, full))
+    assert sum(req_same.terms) < sum(full)
 
 
 # --------------------------------------------------------------------------------------------

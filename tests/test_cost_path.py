@@ -5,7 +5,9 @@
   matrix chain and both regimes of the NTK dense-layer network (wide features, many pixels);
 * it is never worse than opt_einsum's own choices, measured with ntkc's cost model;
 * every registered optimiser's path gives ``np.einsum``'s numbers through ``jnp.einsum``;
-* ``memory_limit`` steers or refuses the order; bad names, ``"auto"``, one operand; reprs.
+* ``memory_limit`` steers or refuses the order; bad names, ``"auto"``, one operand; reprs;
+* ``mirror`` (x2 is x1): steps that repeat x1's on the same arrays are free, which can change
+  the order, and only a mirrored step in the same order as its original counts as repeated.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ntkc.passes.path import (
     OPTIMIZERS,
     PathInfo,
     PathMemoryError,
+    _repeated_steps,
     optimize,
 )
 
@@ -467,3 +470,67 @@ def test_pathinfo_repr():
     # one line per step, naming its labels
     assert len(r.splitlines()) == 1 + len(info.steps)
     assert "('a', 'b') x ('b', 'c') -> ('a', 'c')" in r
+
+
+# --------------------------------------------------------------------------------------------
+# 8. x2 is x1: mirrored operands
+
+# A weight's term traced over the outputs ``o``: cotangent (n, o, t, c) and input (n, t, k) per
+# side, x2's operands (2, 3) the arrays of x1's (0, 1). Per side the weight gradient costs
+# 2·N·O·T·K·C; meeting the sides first (X1·X2 over k, G1·G2 over o and c) costs 2·N²·T²·(K+O·C).
+MIRRORED = [("n", "o", "t", "c"), ("n", "t", "k"), ("m", "o", "u", "c"), ("m", "u", "k")]
+MIRROR = {2: 0, 3: 1}
+
+
+def mirrored_sizes(n=2, o=4, t=16, c=16, k=32):
+    return {"n": n, "m": n, "o": o, "t": t, "u": t, "c": c, "k": k}
+
+
+def test_mirror_makes_repeated_weight_gradient_free():
+    sizes = mirrored_sizes()
+    plain = optimize(MIRRORED, ("n", "m"), sizes, "optimal")
+    shared = optimize(MIRRORED, ("n", "m"), sizes, "optimal", mirror=MIRROR)
+    assert plain.tree == ((0, 2), (1, 3)) and plain.repeated_flops == 0
+    assert shared.tree == ((0, 1), (2, 3))  # each side's weight gradient, then their product
+    gradient = 2 * 2 * 4 * 16 * 32 * 16
+    assert shared.repeated_flops == gradient  # x2's weight gradient is x1's
+    assert shared.cost.flops - shared.repeated_flops < plain.cost.flops
+    # counted alone, the shared order is the dearer one: the search had to know
+    assert shared.cost.flops > plain.cost.flops
+    assert "repeated on the same arrays" in repr(shared)
+
+
+def test_mirror_keeps_the_order_when_sharing_does_not_pay():
+    sizes = mirrored_sizes(t=64, k=4)  # many positions, few input features: meet first
+    plain = optimize(MIRRORED, ("n", "m"), sizes, "optimal")
+    shared = optimize(MIRRORED, ("n", "m"), sizes, "optimal", mirror=MIRROR)
+    assert shared.tree == plain.tree and shared.cost == plain.cost
+
+
+@pytest.mark.parametrize("method", ["optimal", "greedy", "opt_einsum-dp"])
+def test_mirror_order_matches_numpy(method):
+    sizes = mirrored_sizes(n=2, o=3, t=5, c=4, k=6)
+    info = optimize(MIRRORED, ("n", "m"), sizes, method, mirror=MIRROR)
+    arrays = arrays_for(MIRRORED, sizes)
+    arrays[2], arrays[3] = arrays[0], arrays[1]
+    want = np.einsum("notc,ntk,mouc,muk->nm", *arrays)
+    np.testing.assert_allclose(einsum_jnp(MIRRORED, ("n", "m"), arrays, info.path), want,
+                               rtol=1e-10)
+
+
+def test_only_a_mirror_in_the_same_order_repeats():
+    assert _repeated_steps(((0, 1), (2, 3)), MIRROR) == [False, True, False]
+    assert _repeated_steps(((2, 3), (0, 1)), MIRROR) == [True, False, False]  # either comes first
+    assert _repeated_steps(((0, 1), (3, 2)), MIRROR) == [False, False, False]  # operands swapped
+    assert _repeated_steps(((0, 2), (1, 3)), MIRROR) == [False, False, False]  # sides meet
+    three = {2: 0, 3: 1, 5: 4}
+    assert _repeated_steps((((0, 1), 4), ((2, 3), 5)), three) == [False, False, True, True, False]
+    assert _repeated_steps((((0, 1), 4), ((2, 3), 6)), three) == [False, False, True, False, False]
+
+
+def test_mirror_honours_memory_limit():
+    sizes = mirrored_sizes()
+    shared = optimize(MIRRORED, ("n", "m"), sizes, "optimal", mirror=MIRROR)
+    limit = int(shared.cost.peak) - 1  # the shared order's largest step no longer fits
+    info = optimize(MIRRORED, ("n", "m"), sizes, "optimal", memory_limit=limit, mirror=MIRROR)
+    assert info.cost.peak <= limit and info.tree != shared.tree

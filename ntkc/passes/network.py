@@ -61,9 +61,10 @@ def _planned_path(contraction: Contraction, labels, out, sizes) -> PathInfo:
 
 
 def contract(ops, out, memory_limit=None, contraction: Contraction = Contraction(),
-             **note) -> jnp.ndarray:
+             mirror=None, **note) -> jnp.ndarray:
     """``jnp.einsum`` of interleaved operands in the order chosen by ``ntkc.passes.path`` (or
-    planned in ``contraction.planned``).
+    planned in ``contraction.planned``); ``mirror``: operands that are other operands' arrays
+    (``ntkc.passes.path.optimize``).
 
     ``note`` (what the contraction is, for plans: ``ContractionRecord``'s fields) is recorded
     with the chosen path when ``contraction.records`` is a list.
@@ -76,7 +77,8 @@ def contract(ops, out, memory_limit=None, contraction: Contraction = Contraction
         info = _planned_path(contraction, labels, out, sizes)
     else:
         itemsize = max(jnp.dtype(a.dtype).itemsize for a in ops[0::2])
-        info = optimize(labels, list(out), sizes, itemsize=itemsize, memory_limit=memory_limit)
+        info = optimize(labels, list(out), sizes, itemsize=itemsize, memory_limit=memory_limit,
+                        mirror=mirror)
     if contraction.records is not None:
         contraction.records.append(ContractionRecord(
             labels=tuple(map(tuple, labels)), output=tuple(out), sizes=sizes, path=info,
@@ -258,7 +260,11 @@ def output_kernel(k: int, axes: KernelAxes, batch_axis, n_params: int, s1: Side,
                                 primitives=(s1.analysis.uses[u1].primitive,
                                             s2.analysis.uses[u2].primitive),
                                 structure=(spec1[3], spec2[3]))
-                    term = contract(ops, out, memory_limit, contraction, **note)
+                    # x2 is x1 and a use meets itself: x2's operands are x1's arrays
+                    n_side = len(ops1) // 2
+                    mirror = ({n_side + i: i for i in range(n_side)}
+                              if s1 is s2 and (u1, v1) == (u2, v2) else None)
+                    term = contract(ops, out, memory_limit, contraction, mirror, **note)
                     term = term * _multiplicity(spec1, p1.shape, present)
                 else:
                     term = _pullback_term(s1, s2, k, u1, v1, u2, v2, axes, batch_axis, lab, out,

@@ -157,6 +157,9 @@ class PathInfo:
       cost: total cost of the chosen order.
       naive: cost of one step over every label at once.
       steps: ``(a labels, b labels, result labels, Cost)`` per step.
+      repeated_flops: FLOPs of the steps that repeat another step of the same einsum on the same
+        arrays (x2's operands when x2 is x1, see :func:`optimize`'s ``mirror``): XLA computes
+        them once (common subexpressions), so they cost nothing; ``cost`` counts them.
     """
 
     path: tuple
@@ -164,10 +167,13 @@ class PathInfo:
     cost: Cost
     naive: Cost
     steps: tuple
+    repeated_flops: float = 0.0
 
     def __repr__(self) -> str:
         speedup = self.naive.flops / max(self.cost.flops, 1)
-        lines = [f"PathInfo: {len(self.steps)} steps, {self.cost.flops:.3g} FLOPs "
+        repeated = (f", {self.repeated_flops:.3g} of them repeated on the same arrays"
+                    if self.repeated_flops else "")
+        lines = [f"PathInfo: {len(self.steps)} steps, {self.cost.flops:.3g} FLOPs{repeated} "
                  f"(naive {self.naive.flops:.3g}, {speedup:.3g}x), peak {self.cost.peak:.3g} B"]
         for a, b, out, c in self.steps:
             lines.append(f"  {a} x {b} -> {out}: {c.flops:.3g} FLOPs")
@@ -205,8 +211,67 @@ def _linearize(tree, inputs, output, sizes, itemsize):
     return tuple(path), total, tuple(steps)
 
 
+def _repeated_steps(tree, mirror) -> list[bool]:
+    """Per step of ``tree`` (post-order, as :func:`_linearize` lists them): whether it contracts
+    mirrored operands alone, in the same order as a step on the operands they mirror."""
+    originals, steps = set(), []
+
+    def visit(t):  # a subtree's key: its shape, mirrored operands named by their originals
+        if isinstance(t, int):
+            return (mirror.get(t, t),), t in mirror
+        (ka, ma), (kb, mb) = visit(t[0]), visit(t[1])
+        key, mirrored = (ka, kb), ma and mb
+        steps.append((key, mirrored))
+        if not mirrored:
+            originals.add(key)
+        return key, mirrored
+
+    visit(tree)
+    return [mirrored and key in originals for key, mirrored in steps]
+
+
+def _substitute(tree, leaves):
+    if isinstance(tree, int):
+        return leaves[tree]
+    return (_substitute(tree[0], leaves), _substitute(tree[1], leaves))
+
+
+def _effective(tree, inputs, output, sizes, itemsize, mirror):
+    _, cost, steps = _linearize(tree, inputs, output, sizes, itemsize)
+    repeated = sum(s[3].flops for s, r in zip(steps, _repeated_steps(tree, mirror)) if r)
+    return cost.flops - repeated, cost.peak
+
+
+def _with_shared_sides(tree, inputs, output, sizes, optimizer, memory_limit, itemsize, mirror):
+    """The cheapest of ``tree`` and the orders that contract a set of operands and, in the same
+    order, the operands that mirror them (computed once), counting the mirror as free."""
+    best, best_cost = tree, _effective(tree, inputs, output, sizes, itemsize, mirror)
+    of = {original: copy for copy, original in mirror.items()}
+    for r in range(2, len(of) + 1):
+        for group in itertools.combinations(sorted(of), r):
+            copies = [of[i] for i in group]
+            rest = [i for i in range(len(inputs)) if i not in group and i not in copies]
+            labels = [_result_labels(frozenset(m), inputs, output) for m in (group, copies)]
+            try:
+                inner = optimizer([inputs[i] for i in group], labels[0], sizes, memory_limit,
+                                  itemsize)
+                outer = optimizer(labels + [inputs[i] for i in rest], output, sizes,
+                                  memory_limit, itemsize)
+            except PathMemoryError:
+                continue
+            candidate = _substitute(outer, [_substitute(inner, group), _substitute(inner, copies)]
+                                    + rest)
+            cost = _effective(candidate, inputs, output, sizes, itemsize, mirror)
+            if memory_limit is not None and cost[1] > memory_limit:
+                continue
+            if cost < best_cost:
+                best, best_cost = candidate, cost
+    return best
+
+
 def optimize(inputs: Sequence[Sequence], output: Sequence, sizes, method: str = "auto",
-             memory_limit: int | None = None, itemsize: int = 4) -> PathInfo:
+             memory_limit: int | None = None, itemsize: int = 4,
+             mirror: dict[int, int] | None = None) -> PathInfo:
     """The contraction order of ``inputs -> output`` chosen by ``method``.
 
     Args:
@@ -216,6 +281,10 @@ def optimize(inputs: Sequence[Sequence], output: Sequence, sizes, method: str = 
       method: a name in :data:`OPTIMIZERS`, or ``"auto"`` (optimal up to
         ``OPTIMAL_MAX_OPERANDS`` operands, greedy beyond).
       memory_limit: bytes no single step may exceed, or None.
+      mirror: operand -> the operand whose array it is, under other labels (a term of x2=None:
+        x2's cotangent and factors are x1's). A step that repeats a step on the operands it
+        mirrors costs nothing (XLA computes it once), so orders that contract a group of
+        operands and their mirrors alike are searched too.
     """
     if method == "auto":
         method = "optimal" if len(inputs) <= OPTIMAL_MAX_OPERANDS else "greedy"
@@ -225,9 +294,14 @@ def optimize(inputs: Sequence[Sequence], output: Sequence, sizes, method: str = 
     if len(inputs) == 1:
         return PathInfo((), 0, naive, naive, ())
     tree = OPTIMIZERS[method](inputs, output, sizes, memory_limit, itemsize)
+    mirror = dict(mirror or {})
+    if mirror:
+        tree = _with_shared_sides(tree, inputs, output, sizes, OPTIMIZERS[method], memory_limit,
+                                  itemsize, mirror)
     path, cost, steps = _linearize(tree, inputs, output, sizes, itemsize)
     if memory_limit is not None and cost.peak > memory_limit:
         # opt_einsum's optimisers limit intermediates only, not operands plus result.
         raise PathMemoryError(f"no contraction order found by {method!r} fits memory_limit="
                               f"{memory_limit} bytes (its best has a step of {cost.peak:.3g} bytes)")
-    return PathInfo(path, tree, cost, naive, steps)
+    repeated = sum(s[3].flops for s, r in zip(steps, _repeated_steps(tree, mirror)) if r)
+    return PathInfo(path, tree, cost, naive, steps, repeated)
