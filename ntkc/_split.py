@@ -140,7 +140,8 @@ def _abstract(tree):
 class FactoredChunks:
     """Pairs of chunks of outputs from the chunks' sides (``Method.gram``): ``side`` computes a
     chunk's factors and cotangents, ``pair`` the kernel of two sides; each row's side is kept
-    while its columns are paired with it.
+    while its columns are paired with it (an output axis the kernel keeps: where it is traced or
+    diagonal a chunk meets only itself, and each pair stays one program).
 
     A side holds every use's cotangents and factors at once, which the program of a pair of
     chunks frees as it contracts (ResNet-18, 224², O=1000, chunks of 125: sides of 2.4 GiB, the
@@ -245,7 +246,10 @@ def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs, sides: FactoredC
     axis, size = config.chunk
     axes = config.axes[0]
     starts = range(0, axes.shape1[axis], size)
-    factored = None if sides is None else sides.config(x1, x2, params, kwargs)
+    every_pair = axis in axes.free
+    # traced or diagonal: each chunk meets only itself, so no side would be reused, and one
+    # program per pair frees as it contracts (and with x2=None, computes x1's steps once)
+    factored = None if sides is None or not every_pair else sides.config(x1, x2, params, kwargs)
     row = {}  # the current row's side: its start and arrays
 
     def call(a, b):  # chunk a of f(x1) against chunk b of f(x2)
@@ -260,7 +264,7 @@ def chunkwise(config: Config, chunk_fn, x1, x2, params, kwargs, sides: FactoredC
         return sides.pair(pair_config, row["side"], column, params)
 
     n = len(starts)
-    if axis not in axes.free:  # traced or diagonal: only the pairs (a, a)
+    if not every_pair:  # traced or diagonal: only the pairs (a, a)
         return join(axes, axis, {(i, i): call(a, a) for i, a in enumerate(starts)}, n, n)
     grid = {}
     for i, a in enumerate(starts):
