@@ -66,12 +66,13 @@ def cost_model(f, config: Config, params, x1, x2, kwargs1, kwargs2, schedule,
             terms[d.leaf] += d.flops
         terms = tuple(terms)
         # the operands and steps, and the largest dense rule's temporaries
-        structured_bytes = (_structured_bytes(records, itemsize, config.x2_is_x1)
-                            + max((d.bytes for d in dense), default=0.0))
+        dense_bytes = max((d.bytes for d in dense), default=0.0)
+        structured_bytes = tuple(b + dense_bytes for b in
+                                 _structured_bytes(records, itemsize, config.x2_is_x1))
     linear = (LinearMap.from_analysis(analyses[0]) if analyses
               else LinearMap.uniform(len(leaf_sizes), 2 * flops1 / n1, values1 / n1))
     return CostModel(outputs, n1, n2, flops1 / n1, flops2 / n2, config.x2_is_x1, leaf_sizes,
-                     linear, terms, itemsize, structured_bytes,
+                     linear, terms, itemsize, *(structured_bytes or (None, None)),
                      _unavailable(f, params, x1, kwargs1, jaxprs[0], records is not None),
                      _fixed_bytes(config, params, x1, x2))
 
@@ -101,10 +102,12 @@ def _unavailable(f, params, x1, kwargs1, jaxpr, planned: bool) -> frozenset:
     return frozenset(blocked)
 
 
-def _structured_bytes(records, itemsize, same_inputs) -> float:
-    """Every side's distinct operands (cotangents, factors) plus the largest contraction step
-    (x2's operands are x1's when x2 is x1)."""
-    operands, step = {}, 0.0
+def _structured_bytes(records, itemsize, same_inputs) -> tuple[float, float]:
+    """``(every side's distinct operands (cotangents, factors) plus the largest contraction
+    step, the factors plus each side's largest cotangent and the largest step)``: the operands
+    all alive at once, or the cotangents contracted as their pass gives them (x2's operands
+    are x1's when x2 is x1)."""
+    factors, cotangents, step = {}, {}, 0.0
     for r in records:
         if r.kind != "term":
             continue
@@ -114,8 +117,13 @@ def _structured_bytes(records, itemsize, same_inputs) -> float:
                 first = r.sides.index(side)
                 key = (1 if same_inputs else side, r.uses[side - 1], r.outputs[side - 1],
                        position - first)
-                operands[key] = math.prod(r.sizes[l] for l in labels) * itemsize
-    return sum(operands.values()) + step
+                held = cotangents if position == first else factors
+                held[key] = math.prod(r.sizes[l] for l in labels) * itemsize
+    largest = {}
+    for (side, *_), nbytes in cotangents.items():
+        largest[side] = max(largest.get(side, 0.0), nbytes)
+    everything = sum(factors.values()) + sum(cotangents.values()) + step
+    return everything, sum(factors.values()) + sum(largest.values()) + step
 
 
 def dense_fallbacks(records, sizes, same_inputs: bool, itemsize: int) -> list[Fallback]:

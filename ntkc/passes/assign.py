@@ -228,8 +228,11 @@ class CostModel:
       terms: per leaf, the FLOPs of its structured terms; None when the structured method could
         not be planned.
       itemsize: bytes per number.
-      structured_bytes: the structured program's working set: every side's operands (cotangents,
-        factors) and the largest contraction step.
+      structured_bytes: the structured program's operands: every side's cotangents and
+        factors and the largest contraction step, as if all were alive at once.
+      structured_streamed: the same when each use's cotangents are contracted as the cotangent
+        pass gives them: the factors, each side's largest cotangent and the largest step (the
+        pass's own live cotangents are :attr:`linear`'s).
       unavailable: methods that cannot run the model (a while loop they would reverse).
       fixed_bytes: what every method's program holds besides its working set: its arguments
         (params, inputs) and the kernel it returns.
@@ -246,6 +249,7 @@ class CostModel:
     terms: tuple | None
     itemsize: int = 4
     structured_bytes: float | None = None
+    structured_streamed: float | None = None
     unavailable: frozenset = frozenset()
     fixed_bytes: float = 0.0
 
