@@ -56,3 +56,16 @@ def test_a_method_that_does_not_fit_is_reported(tmp_path):
 def test_an_unknown_case_is_refused():
     with pytest.raises(SystemExit, match="unknown cases"):
         cli.main(["bench", "--suite", "paper", "--cases", "nope", "--rates", RATES])
+
+
+def test_a_whole_program_over_the_device_memory_is_planned_in_parts(tmp_path, monkeypatch):
+    """The unsplit estimate over the device's memory (as ResNet-50 at O=1000 on 24 GiB) does
+    not stop the case: under memory_limit it is planned in parts."""
+    from ntkc import _compat
+
+    monkeypatch.setattr(_compat, "device_memory_bytes", lambda: 4096)
+    out = tmp_path / "paper.json"
+    assert cli.main(["bench", "--suite", "paper", *TINY, "--x2", "none", "--trace", "untraced",
+                     "--methods", "structured", "--plan-only", "--json", str(out)]) == 0
+    (row,) = _report(out)[0]["rows"]
+    assert row["status"] == "planned" and row["estimate_bytes"] > 4096
