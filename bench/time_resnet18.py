@@ -2,7 +2,7 @@
 timed from the checkout in the current directory, for before/after comparisons of two commits
 in alternating processes (run it from a ``git worktree`` of each; prints one JSON line).
 
-    python bench/time_resnet18.py N_x_O traced|untraced none|given REPEATS
+    python bench/time_resnet18.py N_x_O traced|untraced none|given REPEATS [MEMORY_LIMIT_GIB]
 """
 
 import json
@@ -20,10 +20,12 @@ import ntkc  # noqa: E402
 from bench import paper_models  # noqa: E402
 
 
-def main(case, trace, x2, repeats):
+def main(case, trace, x2, repeats, limit_gib=None):
     n, o = map(int, case.split("x"))
     f, params, x1, x2_given = paper_models.resnet18(n=n, outputs=o)
-    kfn = ntkc.ntk_fn(f, (-1,) if trace == "traced" else (), vmap_axes=0, method="structured")
+    limit = None if limit_gib is None else int(float(limit_gib) * 2**30)
+    kfn = ntkc.ntk_fn(f, (-1,) if trace == "traced" else (), vmap_axes=0, method="structured",
+                      memory_limit=limit)
     other = None if x2 == "none" else x2_given
     start = time.perf_counter()
     jax.block_until_ready(kfn(x1, other, params))
@@ -34,9 +36,10 @@ def main(case, trace, x2, repeats):
         kernel = jax.block_until_ready(kfn(x1, other, params))
         times.append(time.perf_counter() - start)
     print(json.dumps(dict(where=os.getcwd(), ntkc=ntkc.__file__, case=case, trace=trace, x2=x2,
+                          memory_limit_gib=limit_gib,
                           first=first, times=times, median=statistics.median(times),
                           load=os.getloadavg()[0], checksum=float(np.asarray(kernel).sum()))))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])
