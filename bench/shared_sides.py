@@ -29,9 +29,8 @@ def _search_as_before(*args, mirror=None, **kwargs):
     """The order chosen as if every step cost its FLOPs; its repeated steps still cost nothing
     in XLA, so they are counted out as before."""
     info = path.optimize(*args, **kwargs)
-    repeated = path._repeated_steps(info.tree, mirror or {})
-    return dataclasses.replace(info, repeated_flops=sum(
-        step[3].flops for step, r in zip(info.steps, repeated) if r))
+    return dataclasses.replace(
+        info, repeated_flops=path.repeated_flops(info.tree, info.steps, mirror or {}))
 
 
 @contextlib.contextmanager

@@ -236,10 +236,15 @@ def _substitute(tree, leaves):
     return (_substitute(tree[0], leaves), _substitute(tree[1], leaves))
 
 
+def repeated_flops(tree, steps, mirror) -> float:
+    """FLOPs of ``tree``'s steps (``steps``, as :func:`_linearize` lists them) that repeat a
+    step on the operands ``mirror`` maps to."""
+    return sum(s[3].flops for s, r in zip(steps, _repeated_steps(tree, mirror)) if r)
+
+
 def _effective(tree, inputs, output, sizes, itemsize, mirror):
     _, cost, steps = _linearize(tree, inputs, output, sizes, itemsize)
-    repeated = sum(s[3].flops for s, r in zip(steps, _repeated_steps(tree, mirror)) if r)
-    return cost.flops - repeated, cost.peak
+    return cost.flops - repeated_flops(tree, steps, mirror), cost.peak
 
 
 def _with_shared_sides(tree, inputs, output, sizes, optimizer, memory_limit, itemsize, mirror):
@@ -303,5 +308,4 @@ def optimize(inputs: Sequence[Sequence], output: Sequence, sizes, method: str = 
         # opt_einsum's optimisers limit intermediates only, not operands plus result.
         raise PathMemoryError(f"no contraction order found by {method!r} fits memory_limit="
                               f"{memory_limit} bytes (its best has a step of {cost.peak:.3g} bytes)")
-    repeated = sum(s[3].flops for s, r in zip(steps, _repeated_steps(tree, mirror)) if r)
-    return PathInfo(path, tree, cost, naive, steps, repeated)
+    return PathInfo(path, tree, cost, naive, steps, repeated_flops(tree, steps, mirror))
