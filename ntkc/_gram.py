@@ -215,7 +215,9 @@ class _Factored:
         n = _num_examples(block, "block")
         tile = self._config(n, n, self.like1)  # outside: resolving it may trace other programs
         hoist = Hoist()  # the block against itself; only the local steps are kept
-        self.gram.pair(tile, self._static, raw, raw, hoist)
+        # two lists, as the tile program gets: the same one would make it one side, whose
+        # orders may differ (see methods/structured.gram_pair) from the tiles' it collects for
+        self.gram.pair(tile, self._static, raw, list(raw), hoist)
         if keep is not None:  # arrays that only hoisted steps read are not kept (see _keep)
             raw = [a if k else None for a, k in zip(raw, keep)]
         return raw, (hoist.collected[1], hoist.collected[2])

@@ -258,3 +258,20 @@ def test_an_explicit_batch_size_that_does_not_fit_memory_limit_is_refused():
                                          r"use batch_size <= \d"):
         ntkc.gram(f, PARAMS, x, batch_size=16, memory_limit=6_000, method="jacobian",
                   progress=False)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_hoisted_steps_collected_in_the_tiles_orders(symmetric):
+    """A block's side program collects its local steps from the block paired with itself as
+    two sides, as every tile sees them. As one side, x2's repeated steps would be free and this
+    model's traced terms would take another order (x2=None's, see tests/test_structured.py's
+    token model) than the tiles expect."""
+    r = np.random.default_rng(4)
+    p = {"w": r.standard_normal((32, 16)) / 32 ** 0.5, "v": r.standard_normal((16, 4))}
+    g = lambda p, x: jnp.mean(jnp.tanh(x @ p["w"]) @ p["v"], axis=-2)  # x: (N, 16 tokens, 32)
+    x1, x2 = r.standard_normal((4, 16, 32)), r.standard_normal((2, 16, 32))
+    x2 = None if symmetric else x2
+    got = ntkc.gram(g, p, x1, x2, batch_size=2, progress=False, trace_axes=(-1,),
+                    method="structured")
+    want = ntkc.ntk_fn(g, (-1,), vmap_axes=0, method="structured")(x1, x2, p)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-12)

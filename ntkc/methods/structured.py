@@ -54,7 +54,9 @@ def gram_side(prob) -> tuple[list, tuple]:
 
 def gram_pair(config, static, arrays1, arrays2, hoist=None) -> list:
     """The kernel of two blocks' sides (whose shapes may differ from the call the schedule
-    planned: the contraction orders are chosen for them)."""
+    planned: the contraction orders are chosen for them). ``arrays2 is arrays1``: a block paired
+    with itself, one side, so the orders may compute x2's repeated steps as x1's (``mirror`` in
+    ``ntkc.passes.path``)."""
     template, treedef = static
     config = dataclasses.replace(config, schedule=None)
 
@@ -62,8 +64,9 @@ def gram_pair(config, static, arrays1, arrays2, hoist=None) -> list:
         factors, cotangents = jax.tree.unflatten(treedef, arrays)
         return dataclasses.replace(template, factors=factors, cotangents=cotangents)
 
-    return pipeline.combine(config, template.analysis.traced.n_params, side(arrays1),
-                            side(arrays2), hoist)
+    side1 = side(arrays1)
+    side2 = side1 if arrays2 is arrays1 else side(arrays2)
+    return pipeline.combine(config, template.analysis.traced.n_params, side1, side2, hoist)
 
 
 register(Method(NAME, pipeline.kernel, flops, working_set,
