@@ -122,17 +122,41 @@ def test_chunk_sides_computed_once_per_row_equal_the_kernel(method, limit, trace
                       memory_limit=limit)
     config, inner = _splits(kfn, x1, x2)
     assert config.chunk is not None and inner.block is None and inner.method == method
-    calls = _count_calls(kfn._chunk_sides(*config.chunk), "side", "pair")
+    calls = _count_calls(kfn._chunk_sides(*config.chunk), "side", "pair", "pair_self")
     got = kfn(x1, x2, P)
     np.testing.assert_allclose(got, reference_ntk(f, x1, x2, P, trace_axes, diagonal_axes),
                                rtol=1e-10, atol=1e-12)
     n = 12 // config.chunk[1]
     if trace_axes or diagonal_axes:  # each chunk meets only itself: no side to reuse
-        assert calls == {"side": 0, "pair": 0}
+        assert calls == {"side": 0, "pair": 0, "pair_self": 0}
         return
-    pairs = n * (n + 1) // 2 if symmetric else n * n
-    rows_and_columns = n + (pairs - n if symmetric else pairs)
-    assert calls == {"side": rows_and_columns, "pair": pairs}
+    # x2=None: the blocks below the diagonal mirror those above it, and a diagonal block pairs
+    # its row's side with itself (one argument, see the test below)
+    pairs = n * (n - 1) // 2 if symmetric else n * n
+    diagonal = n if symmetric else 0
+    rows_and_columns = n + pairs if symmetric else n + pairs
+    assert calls == {"side": rows_and_columns, "pair": pairs, "pair_self": diagonal}
+
+
+def test_a_diagonal_chunk_pairs_its_side_with_itself_in_one_program(monkeypatch):
+    """x2=None: the program of a diagonal block takes the row's side once, so XLA computes the
+    steps that x2's operands repeat once (here each side's weight gradient of the convolution;
+    the pair program, given the side twice as two arguments, cannot know they are the same
+    arrays): fewer FLOPs, the same block."""
+    monkeypatch.setattr(_split, "_program_bytes", lambda compiled: 0)
+    g, p, x, _ = _conv_model()
+    kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=16000)
+    config, _ = _splits_of(kfn, x, None, p)
+    assert config.chunk is not None
+    sides = kfn._chunk_sides(*config.chunk)
+    pair_config, dyn = sides.config(x, None, p, {})
+    side = sides.side(pair_config, dyn, x, 0, p)
+    np.testing.assert_allclose(sides.pair_self(pair_config, side, p),
+                               sides.pair(pair_config, side, side, p), rtol=1e-12, atol=1e-14)
+    flops = {kind: sides._program(kind, pair_config, _split._abstract(args)).cost_analysis()
+             for kind, args in (("self", (side, p)), ("pair", (side, side, p)))}
+    flops = {k: (c[0] if isinstance(c, list) else c)["flops"] for k, c in flops.items()}
+    assert flops["self"] < 0.8 * flops["pair"], flops
 
 
 @pytest.mark.parametrize("analysis", ["too large", "none"])
@@ -152,9 +176,7 @@ def test_chunks_whose_sides_do_not_fit_are_paired_inside_one_program(monkeypatch
     assert calls == {"side": 0, "pair": 0}
 
 
-def test_chunk_sides_of_a_convolutional_model(monkeypatch):
-    """A model with convolutions: on CPU its programs take XLA options (hashable keys)."""
-    monkeypatch.setattr(_split, "_program_bytes", lambda compiled: 0)
+def _conv_model():
     r = np.random.default_rng(3)
     p = {"c": r.standard_normal((3, 3, 2, 3)) / 4, "w": r.standard_normal((48, 10)) / 7}
 
@@ -163,7 +185,13 @@ def test_chunk_sides_of_a_convolutional_model(monkeypatch):
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.tanh(h).reshape(x.shape[0], -1) @ p["w"]
 
-    x1, x2 = r.standard_normal((1, 4, 4, 2)), r.standard_normal((1, 4, 4, 2))
+    return g, p, r.standard_normal((1, 4, 4, 2)), r.standard_normal((1, 4, 4, 2))
+
+
+def test_chunk_sides_of_a_convolutional_model(monkeypatch):
+    """A model with convolutions: on CPU its programs take XLA options (hashable keys)."""
+    monkeypatch.setattr(_split, "_program_bytes", lambda compiled: 0)
+    g, p, x1, x2 = _conv_model()
     kfn = ntkc.ntk_fn(g, (), vmap_axes=0, method="structured", memory_limit=16000)
     config, inner = _splits_of(kfn, x1, x2, p)
     assert config.chunk is not None and inner.block is None
