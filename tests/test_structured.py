@@ -277,3 +277,24 @@ def test_shared_weight_gradient_is_computed_once(monkeypatch):
     saving = sum(p.cost.flops for p in plain.terms) - sum(t.cost.flops for t in plan.terms)
     assert saving > 0
     assert flops < plain_flops - 0.5 * saving
+
+
+def test_residuals_are_read_from_one_materialised_copy():
+    """The per-example values the cotangent pass reads go through ``materialised``: a loop
+    XLA cannot unroll, so it stores them once instead of recomputing them in every cotangent's
+    fused ops. It is the identity, also for jax.grad (a kernel differentiated by its user)."""
+    from ntkc.passes.evaluate import materialised
+
+    x, token = normal(3, (5, 4)), normal(4, (3,))
+    np.testing.assert_array_equal(materialised([x], token)[0], x)
+    np.testing.assert_allclose(jax.grad(lambda a: jnp.sum(materialised([a], token)[0] ** 2))(x),
+                               2 * x)
+    kfn = ntkc.ntk_fn(mixer, (), vmap_axes=0, method="structured")
+    params, x1, x2 = CASES["mixer"][1:]
+    jaxpr = jax.make_jaxpr(lambda a, b, p: kfn(a, b, p))(x1, x2, params)
+    assert "while" in str(jaxpr)
+    grad = jax.grad(lambda a: jnp.sum(kfn(a, x2, params) ** 2))(x1)
+    jac = ntkc.ntk_fn(mixer, (), vmap_axes=0, method="jacobian")
+    want = jax.grad(lambda a: jnp.sum(jac(a, x2, params) ** 2))(x1)
+    assert np.any(want != 0)
+    np.testing.assert_allclose(grad, want, rtol=1e-8, atol=1e-10)

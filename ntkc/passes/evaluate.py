@@ -77,6 +77,46 @@ def _merge(picked, others, mask):
     return out
 
 
+_SAME_WIDTH_INT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+@jax.custom_jvp
+def materialised(values: list, token) -> list:
+    """``values`` unchanged, as the outputs of a loop that XLA cannot unroll (its trip count, 1,
+    depends on ``token``'s bits), so that XLA stores them once instead of fusing the ops that
+    compute them into every consumer. The cotangent pass reads each residual (a ReLU mask, a
+    BatchNorm's scaled activation) once per output cotangent; fused into the pass, XLA:CPU
+    recomputes the forward chain behind it that many times (ResNet-50's stage 1 at O=128:
+    three BatchNorm affines per element of every ``[128, 56, 56, 256]`` cotangent). Identity
+    for differentiation (``jax.grad`` through a kernel)."""
+    first = jnp.ravel(token)[0]
+    bits = jax.lax.bitcast_convert_type(first, _SAME_WIDTH_INT[first.dtype.itemsize])
+    trips = 1 + jnp.minimum(bits & 1, 0).astype(jnp.int32)  # always 1; XLA does not fold it
+    return jax.lax.while_loop(lambda c: c[0] < trips, lambda c: (c[0] + 1, c[2], c[2]),
+                              (jnp.int32(0), [jnp.zeros_like(v) for v in values], values))[1]
+
+
+@materialised.defjvp
+def _materialised_jvp(primals, tangents):
+    (values, token), (dvalues, _) = primals, tangents
+    return materialised(values, token), dvalues
+
+
+def _read_once(analysis: Analysis, env: dict, tangent_vars: set, token) -> None:
+    """Replaces in ``env`` the per-example primal values that the linear map's equations read
+    (not the parameters and constants) by their :func:`materialised` copies."""
+    jaxpr = analysis.traced.jaxpr.jaxpr
+    skip = set(analysis.traced.param_vars) | set(jaxpr.constvars) | set(analysis.traced.input_vars)
+    read = []
+    for k in sorted(analysis.tangent):
+        for v in jaxpr.eqns[k].invars:
+            if (not isinstance(v, Literal) and v not in tangent_vars and v not in skip
+                    and v not in read and jnp.ndim(env[v]) > 0):
+                read.append(v)
+    if read:
+        env.update(zip(read, materialised([env[v] for v in read], token)))
+
+
 def evaluate_side(analysis: Analysis, params: list, inputs: list, strict: bool):
     """Factors and cotangents of every use on one side.
 
@@ -97,6 +137,9 @@ def evaluate_side(analysis: Analysis, params: list, inputs: list, strict: bool):
         else:
             env.update(zip(eqn.outvars, bind(eqn, [read(env, v) for v in eqn.invars])))
 
+    tokens = [p for p in params if jnp.size(p) and jnp.issubdtype(jnp.result_type(p), jnp.floating)]
+    if tokens:
+        _read_once(analysis, env, tangent_vars, tokens[0])
     forms = [_forms(analysis, u, env, tangent_vars, strict) for u in analysis.uses]
     output_uses = {u.operand: i for i, u in enumerate(analysis.uses) if u.eqn_index is None}
 
