@@ -104,15 +104,16 @@ def _materialised_jvp(primals, tangents):
 
 def _read_once(analysis: Analysis, env: dict, tangent_vars: set, token) -> None:
     """Replaces in ``env`` the per-example primal values that the linear map's equations read
-    (not the parameters and constants) by their :func:`materialised` copies."""
+    (not the parameters, constants or inputs, already stored) by their :func:`materialised`
+    copies."""
     jaxpr = analysis.traced.jaxpr.jaxpr
     skip = set(analysis.traced.param_vars) | set(jaxpr.constvars) | set(analysis.traced.input_vars)
-    read = []
+    read = {}  # ordered, without repeats
     for k in sorted(analysis.tangent):
         for v in jaxpr.eqns[k].invars:
             if (not isinstance(v, Literal) and v not in tangent_vars and v not in skip
-                    and v not in read and jnp.ndim(env[v]) > 0):
-                read.append(v)
+                    and jnp.ndim(env[v]) > 0):
+                read[v] = None
     if read:
         env.update(zip(read, materialised([env[v] for v in read], token)))
 
