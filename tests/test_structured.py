@@ -287,6 +287,10 @@ def test_residuals_are_read_from_one_materialised_copy():
 
     x, token = normal(3, (5, 4)), normal(4, (3,))
     np.testing.assert_array_equal(materialised([x], token)[0], x)
+    keys = jax.random.split(jax.random.key(0), 3)  # an extended dtype passes through too
+    got_keys, got_x = materialised([keys, x], token)
+    np.testing.assert_array_equal(jax.random.key_data(got_keys), jax.random.key_data(keys))
+    np.testing.assert_array_equal(got_x, x)
     np.testing.assert_allclose(jax.grad(lambda a: jnp.sum(materialised([a], token)[0] ** 2))(x),
                                2 * x)
     kfn = ntkc.ntk_fn(mixer, (), vmap_axes=0, method="structured")

@@ -53,6 +53,31 @@ def test_the_kernel_dtype_does_not_depend_on_the_method(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_one_byte_float_params_give_the_kernel(method):
+    """float8 leaves (itemsize 1): every method runs and returns the kernel in f's dtype."""
+    params = {"w": jnp.asarray(R.standard_normal((3, 2)), jnp.float8_e4m3fn),
+              "s": jnp.float8_e4m3fn(2)}
+    x = jnp.asarray(X, jnp.float8_e4m3fn)
+    got = ntkc.ntk_fn(scaled, vmap_axes=0, method=method)(x, None, params)
+    assert got.dtype == jnp.float8_e4m3fn
+    want = reference_ntk(scaled, x, None, params)
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.15, atol=0.3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_ensemble_of_params_under_vmap(method):
+    """A user's vmap over a stack of parameter sets (an ensemble's kernels) gives each set's."""
+    params = {"w": R.standard_normal((3, 2)), "s": 2.0}
+    stack = {"w": np.stack([params["w"], -0.5 * params["w"]]), "s": np.array([2.0, 3.0])}
+    kfn = ntkc.ntk_fn(scaled, vmap_axes=0, method=method)
+    got = jax.vmap(lambda p: kfn(X, X[:3] + 1, p))(stack)
+    for i in range(2):
+        member = {"w": stack["w"][i], "s": stack["s"][i]}
+        np.testing.assert_allclose(got[i], reference_ntk(scaled, X, X[:3] + 1, member),
+                                   rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_complex_params_and_outputs_are_refused_with_the_recipe(method):
     params = {"w": (R.standard_normal((3, 2)) + 1j * R.standard_normal((3, 2)))}
     with pytest.raises(TypeError, match=r"params\['w'\] has dtype complex128.*'re'.*'im'"):

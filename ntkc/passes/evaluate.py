@@ -77,7 +77,7 @@ def _merge(picked, others, mask):
     return out
 
 
-_SAME_WIDTH_INT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+_SAME_WIDTH_INT = {1: jnp.int8, 2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
 
 
 @jax.custom_jvp
