@@ -29,10 +29,11 @@ def working_set(cost_model, leaves) -> float:
     """The lesser of two bounds on the operands alive at once, plus the flipped convolution
     kernels of the cotangent passes: every side's operands (cotangents, factors) and the largest
     contraction step; or the factors, each side's cotangent pass (its residuals and live
-    cotangents) with its largest use's cotangent, and the largest step. XLA contracts each use's
-    cotangents as the pass gives them: where they are many and large the second is the tighter
-    (ResNet-50, 224², N=1, O=128: XLA 3.6 / 5.6 GiB with x2 None / given, the first bound 11.7 /
-    22.4, the second 3.9 / 6.9), on small models the first (bench/estimates.py)."""
+    cotangents) with its largest use's cotangent and that cotangent's layout copy, and the
+    largest step. XLA contracts each use's cotangents as the pass gives them: where they are
+    many and large the second is the tighter (ResNet-50, 224², N=1, O=128: XLA 4.3 / 7.0 GiB
+    with x2 None / given, the first bound 11.7 / 22.4, the second 4.3 / 7.6), on small models
+    the first (bench/estimates.py)."""
     m, linear = cost_model, cost_model.linear
     copies = linear.copies(leaves) * m.itemsize
     everything = m.structured_bytes or 0.0

@@ -231,8 +231,8 @@ class CostModel:
       structured_bytes: the structured program's operands: every side's cotangents and
         factors and the largest contraction step, as if all were alive at once.
       structured_streamed: the same when each use's cotangents are contracted as the cotangent
-        pass gives them: the factors, each side's largest cotangent and the largest step (the
-        pass's own live cotangents are :attr:`linear`'s).
+        pass gives them: the factors, each side's largest cotangent and its layout copy, and
+        the largest step (the pass's own live cotangents are :attr:`linear`'s).
       unavailable: methods that cannot run the model (a while loop they would reverse).
       fixed_bytes: what every method's program holds besides its working set: its arguments
         (params, inputs) and the kernel it returns.
