@@ -302,3 +302,27 @@ def test_residuals_are_read_from_one_materialised_copy():
     want = jax.grad(lambda a: jnp.sum(jac(a, x2, params) ** 2))(x1)
     assert np.any(want != 0)
     np.testing.assert_allclose(grad, want, rtol=1e-8, atol=1e-10)
+@pytest.mark.parametrize("activation,limit,looped", [
+    (jnp.tanh, None, True),        # its residuals (64 entries per example) are small
+    (jnp.tanh, 2, False),          # larger than the limit (the input's 3, the hidden 64): XLA's
+    (jax.nn.relu, 2, True),        # masks are stored whatever their size
+])
+def test_only_residuals_cheap_to_store_are_materialised(activation, limit, looped, monkeypatch):
+    """Materialising every residual held ViT-S/16's activations at once (2.4x its memory):
+    masks and small arrays are materialised, larger float residuals are not. The kernel is
+    the reference's either way."""
+    from ntkc.passes import evaluate
+
+    if limit is not None:
+        monkeypatch.setattr(evaluate, "SMALL_RESIDUAL", limit)
+    params = {"w1": normal(1, (3, 64)), "w2": normal(2, (64, 2))}
+    f = lambda p, x: activation(x @ p["w1"]) @ p["w2"]
+    x1, x2 = normal(3, (4, 3)), normal(5, (2, 3))
+    kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured")
+    jaxpr = str(jax.make_jaxpr(lambda a, b, p: kfn(a, b, p))(x1, x2, params))
+    assert ("while" in jaxpr) == looped
+    np.testing.assert_allclose(kfn(x1, x2, params),
+                               ntkc.testing.reference_ntk(f, x1, x2, params, ()),
+                               rtol=1e-9, atol=1e-11)
+
+
