@@ -302,6 +302,8 @@ def test_residuals_are_read_from_one_materialised_copy():
     want = jax.grad(lambda a: jnp.sum(jac(a, x2, params) ** 2))(x1)
     assert np.any(want != 0)
     np.testing.assert_allclose(grad, want, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("activation,limit,looped", [
     (jnp.tanh, None, True),        # its residuals (64 entries per example) are small
     (jnp.tanh, 2, False),          # larger than the limit (the input's 3, the hidden 64): XLA's
@@ -324,5 +326,3 @@ def test_only_residuals_cheap_to_store_are_materialised(activation, limit, loope
     np.testing.assert_allclose(kfn(x1, x2, params),
                                ntkc.testing.reference_ntk(f, x1, x2, params, ()),
                                rtol=1e-9, atol=1e-11)
-
-
