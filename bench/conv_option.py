@@ -12,7 +12,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.getcwd())  # this checkout's ntkc and bench
 
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 
 import ntkc  # noqa: E402
 from ntkc import _compat  # noqa: E402
+from bench.time_resnet18 import timed_calls  # noqa: E402
 
 
 def build(case):
@@ -40,14 +40,7 @@ def main(case, x2, option, repeats):
     f, params, x1, x2_given = build(case)
     kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured")
     other = None if x2 == "none" else x2_given
-    start = time.perf_counter()
-    jax.block_until_ready(kfn(x1, other, params))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(int(repeats)):
-        start = time.perf_counter()
-        kernel = jax.block_until_ready(kfn(x1, other, params))
-        times.append(time.perf_counter() - start)
+    first, times, kernel = timed_calls(lambda: kfn(x1, other, params), repeats)
     print(json.dumps(dict(case=case, x2=x2, option=option, jax=jax.__version__,
                           options=kfn.compiler_options(x1, other, params), first=first,
                           times=times, median=statistics.median(times),

@@ -20,6 +20,19 @@ import ntkc  # noqa: E402
 from bench import paper_models  # noqa: E402
 
 
+def timed_calls(call, repeats):
+    """``(seconds of the first call, seconds of each of the next repeats, the last result)``."""
+    start = time.perf_counter()
+    result = jax.block_until_ready(call())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(int(repeats)):
+        start = time.perf_counter()
+        result = jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return first, times, result
+
+
 def main(case, trace, x2, repeats, limit_gib=None):
     n, o = map(int, case.split("x"))
     f, params, x1, x2_given = paper_models.resnet18(n=n, outputs=o)
@@ -27,14 +40,7 @@ def main(case, trace, x2, repeats, limit_gib=None):
     kfn = ntkc.ntk_fn(f, (-1,) if trace == "traced" else (), vmap_axes=0, method="structured",
                       memory_limit=limit)
     other = None if x2 == "none" else x2_given
-    start = time.perf_counter()
-    jax.block_until_ready(kfn(x1, other, params))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(int(repeats)):
-        start = time.perf_counter()
-        kernel = jax.block_until_ready(kfn(x1, other, params))
-        times.append(time.perf_counter() - start)
+    first, times, kernel = timed_calls(lambda: kfn(x1, other, params), repeats)
     print(json.dumps(dict(where=os.getcwd(), ntkc=ntkc.__file__, case=case, trace=trace, x2=x2,
                           memory_limit_gib=limit_gib,
                           first=first, times=times, median=statistics.median(times),
