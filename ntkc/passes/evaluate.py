@@ -85,7 +85,7 @@ def materialised(values: list, token) -> list:
     """``values`` unchanged, as the outputs of a loop that XLA cannot unroll (its trip count, 1,
     depends on ``token``'s bits), so that XLA stores them once instead of fusing the ops that
     compute them into every consumer. The cotangent pass reads each residual (a ReLU mask, a
-    BatchNorm's scaled activation) once per output cotangent; fused into the pass, XLA:CPU
+    BatchNorm's per-channel scale) once per output cotangent; fused into the pass, XLA:CPU
     recomputes the forward chain behind it that many times (ResNet-50's stage 1 at O=128:
     three BatchNorm affines per element of every ``[128, 56, 56, 256]`` cotangent). Identity
     for differentiation (``jax.grad`` through a kernel)."""
