@@ -83,7 +83,11 @@ def test_pytree_output_by_param_and_kwargs_with_output_chunks():
 
 
 def test_under_the_users_jit():
-    kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured", memory_limit=8192)
+    # chunks of 4 outputs with blocks of one example inside: both splits, in one jit (at
+    # LIMIT's chunks of 2 the traced program is twice as large and takes 40 s to compile)
+    kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured", memory_limit=12000)
+    config, inner = _splits(kfn, X1, X2)
+    assert config.chunk == (1, 4) and inner.block == 1
     got = jax.jit(lambda x1, x2, p: kfn(x1, x2, p))(X1, X2, P)
     np.testing.assert_allclose(got, reference_ntk(f, X1, X2, P, ()), rtol=1e-10, atol=1e-12)
 
