@@ -228,3 +228,33 @@ def test_compare_nt_run_goes_on_when_workers_fail_or_are_refused(tmp_path, monke
     log = (tmp_path / "compare-nt-t.log").read_text()
     assert "ntkc 0.9.2 structured: does not fit: needs 0.0 GiB" in log
     assert case["ratios_ntkc_over_nt"] == {}
+
+
+def _nt_report(path, nt_s, ours_s, x2, flops=4e9):
+    case = {"model": "resnet18_8x8", "x2": x2, "trace_axes": [],
+            "nt-0.9.2": {"structured": {"run_s_median": nt_s, "xla_flops": flops}},
+            "ntkc-0.9.2": {"structured": {"run_s_median": ours_s, "xla_flops": flops / 2}}}
+    path.write_text(json.dumps({"cases": [case]}))
+    return str(path)
+
+
+def test_nt_rates_table_from_comparison_reports(tmp_path, capsys):
+    from bench import nt_rates
+
+    old = _nt_report(tmp_path / "old.json", 4.0, 3.0, True)
+    new = _nt_report(tmp_path / "new.json", 2.0, 1.0, True)
+    symmetric = _nt_report(tmp_path / "sym.json", 1.0, 0.5, False)
+    found = nt_rates.rows([old, new, symmetric])
+    assert sorted(found) == [("resnet18_8x8", "None", "()"), ("resnet18_8x8", "given", "()")]
+    assert found[("resnet18_8x8", "given", "()")]["file"] == "new.json"  # the later file wins
+    lines = nt_rates.table(found, {"matmul_gflops": 4.0, "conv_gflops": 8.0})
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    # NT 4 GFLOP in 2 s, ntkc 2 GFLOP in 1 s; half NT's time (1 s) needs 2 GFLOP/s = 50% of 4
+    assert cells == ["resnet18_8x8", "given", "()", "2.00", "1.00", "0.50", "4", "2", "2", "2",
+                     "2", "50, 50", "25, 25"]
+    assert nt_rates.main(["--no-rates", new]) == 0 and "| resnet18_8x8 | given |" in (
+        capsys.readouterr().out)
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"cases": []}')
+    with pytest.raises(SystemExit):  # nothing to show is an error, not an empty table
+        nt_rates.main(["--no-rates", str(empty)])
