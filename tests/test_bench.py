@@ -258,3 +258,15 @@ def test_nt_rates_table_from_comparison_reports(tmp_path, capsys):
     empty.write_text('{"cases": []}')
     with pytest.raises(SystemExit):  # nothing to show is an error, not an empty table
         nt_rates.main(["--no-rates", str(empty)])
+
+
+def test_traffic_counts_flops_and_bytes_of_the_kernel_program(monkeypatch, capsys):
+    from bench import paper, traffic
+
+    monkeypatch.setitem(paper.CASES, "tiny_fcn", ("fcn", dict(n=2, outputs=3, width=16)))
+    rows = [traffic.counts("ntkc", "tiny_fcn", given) for given in (False, True)]
+    assert [r["x2"] for r in rows] == ["None", "given"]
+    # a distinct x2 is a second side: more FLOPs and more traffic than x2=None
+    assert 0 < rows[0]["flops"] < rows[1]["flops"]
+    assert 0 < rows[0]["bytes_accessed"] < rows[1]["bytes_accessed"]
+    assert traffic.main(["nope"]) == 2 and "bench/traffic.py" in capsys.readouterr().out
