@@ -40,9 +40,10 @@ def bandwidth() -> float:
 def kernel_fn(lib: str, f):
     if lib == "nt":
         from bench import _nt_shim
+        from bench.compare_nt import NT_IMPL
 
         return _nt_shim.import_nt().empirical_ntk_fn(f, trace_axes=(), vmap_axes=0,
-                                                     implementation=3)  # structured
+                                                     implementation=NT_IMPL["structured"])
     import ntkc
 
     return ntkc.ntk_fn(f, (), vmap_axes=0, method="structured")
@@ -52,14 +53,11 @@ def counts(lib: str, case: str, given: bool) -> dict:
     import jax
 
     from bench import paper, paper_models
+    from bench.compare_nt import lower
 
     model, kwargs = paper.CASES[case]
     f, params, x1, x2 = paper_models.MODELS[model](**kwargs)
-    kfn = kernel_fn(lib, f)
-    if given:
-        lowered = jax.jit(kfn).lower(x1, x2, params)
-    else:
-        lowered = jax.jit(lambda a, p: kfn(a, None, p)).lower(x1, params)
+    lowered, _ = lower(jax, kernel_fn(lib, f), x1, x2 if given else None, params)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return {"lib": lib, "case": case, "x2": "given" if given else "None", "trace_axes": [],

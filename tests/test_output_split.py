@@ -84,7 +84,7 @@ def test_pytree_output_by_param_and_kwargs_with_output_chunks():
 
 def test_under_the_users_jit():
     # chunks of 4 outputs with blocks of one example inside: both splits, in one jit (at
-    # LIMIT's chunks of 2 the traced program is twice as large and takes 40 s to compile)
+    # LIMIT's chunks of 2 the jitted program is twice as large and takes 40 s to compile)
     kfn = ntkc.ntk_fn(f, (), vmap_axes=0, method="structured", memory_limit=12000)
     config, inner = _splits(kfn, X1, X2)
     assert config.chunk == (1, 4) and inner.block == 1
