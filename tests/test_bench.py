@@ -270,3 +270,32 @@ def test_traffic_counts_flops_and_bytes_of_the_kernel_program(monkeypatch, capsy
     assert 0 < rows[0]["flops"] < rows[1]["flops"]
     assert 0 < rows[0]["bytes_accessed"] < rows[1]["bytes_accessed"]
     assert traffic.main(["nope"]) == 2 and "bench/traffic.py" in capsys.readouterr().out
+
+
+def test_traffic_ops_splits_xlas_byte_count_by_op():
+    import jax
+    import jax.numpy as jnp
+
+    from bench import traffic
+
+    f = jax.jit(lambda x, y: jnp.tanh(x @ y).sum(0)[None] * 2 + jnp.transpose(x))
+    compiled = f.lower(jnp.ones((64, 32)), jnp.ones((32, 64))).compile()
+    rows = traffic.op_bytes(compiled.as_text())
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    # every top-level op's operands and result: XLA's own total, op by op
+    assert sum(r["bytes"] for r in rows) == pytest.approx(cost["bytes accessed"], rel=0.05)
+    assert any("dot" in r["what"] for r in rows)
+    assert any("transpose" in r["what"] for r in rows)
+    assert traffic._bytes("(f32[2,3]{1,0}, pred[4])") == 2 * 3 * 4 + 4
+
+
+def test_traffic_ops_reports_groups_and_largest(monkeypatch, capsys):
+    from bench import paper, traffic
+
+    monkeypatch.setitem(paper.CASES, "tiny_fcn", ("fcn", dict(n=2, outputs=3, width=16)))
+    assert traffic.main(["ops", "ntkc", "tiny_fcn", "given", "5"]) == 0
+    out = capsys.readouterr().out
+    header = json.loads(out.splitlines()[0])
+    assert header["case"] == "tiny_fcn" and header["x2"] == "given" and header["gb"] > 0
+    assert "# groups" in out and "# largest" in out
