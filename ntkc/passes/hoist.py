@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ntkc.passes import pairwise
+
 
 class Hoist:
     """Runs term contractions step by step, collecting or reusing their side-local steps.
@@ -43,7 +45,9 @@ class Hoist:
                     raise RuntimeError(f"hoisted step of shape {result.shape} does not match "
                                        f"its labels {kept}")
             else:
-                result = jnp.einsum(*[x for a, ls, _ in picked for x in (a, ls)], kept)
+                result = (pairwise.contract_pair(picked[1][0], picked[1][1], picked[0][0],
+                                                 picked[0][1], kept) if len(picked) == 2 else
+                          jnp.einsum(*[x for a, ls, _ in picked for x in (a, ls)], kept))
                 if side in (1, 2):
                     self.collected[side].append(result)
             arrays.append(result)

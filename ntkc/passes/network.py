@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from ntkc._axes import KernelAxes
 from ntkc._compat import bind
 from ntkc.ir import ContractionRecord, OneHot
+from ntkc.passes import pairwise
 from ntkc.passes.path import PathInfo, optimize
 from ntkc.passes.uses import Analysis
 from ntkc.rules import selections_disjoint
@@ -85,6 +86,8 @@ def contract(ops, out, memory_limit=None, contraction: Contraction = Contraction
             **{k: tuple(v) if isinstance(v, list) else v for k, v in note.items()}))
     if contraction.hoist is not None and note.get("kind") == "term":
         return contraction.hoist(ops, list(out), list(info.path) or [(0,)], note["sides"])
+    if pairwise.has_long_step(info, sizes):
+        return pairwise.run_path(ops, list(out), info.path)
     return jnp.einsum(*ops, list(out), optimize=list(info.path) or [(0,)])
 
 
