@@ -5,7 +5,7 @@ JSON line per case and x2; and this machine's memory bandwidth.
     python bench/traffic.py ntkc resnet50_8x8,vit_s16             # any environment with ntkc
     .venv-nt-jax092/bin/python bench/traffic.py nt resnet50_8x8   # neural-tangents (compare_nt's)
     python bench/traffic.py bandwidth
-    python bench/traffic.py ops ntkc resnet18_8x8 given [TOP]    # the ops that move the bytes
+    python bench/traffic.py ops ntkc resnet18_8x8 given [TOP] [--traced]  # the ops moving the bytes
 
 "bytes accessed" is XLA's count of every op's operands and results (a fusion's once), with no
 cache: the traffic of a program whose arrays do not fit in cache. Divided by the bandwidth of a
@@ -41,16 +41,16 @@ def bandwidth() -> float:
     return 3 * 4 * n / best / 1e9
 
 
-def kernel_fn(lib: str, f):
+def kernel_fn(lib: str, f, trace_axes=()):
     if lib == "nt":
         from bench import _nt_shim
         from bench.compare_nt import NT_IMPL
 
-        return _nt_shim.import_nt().empirical_ntk_fn(f, trace_axes=(), vmap_axes=0,
+        return _nt_shim.import_nt().empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0,
                                                      implementation=NT_IMPL["structured"])
     import ntkc
 
-    return ntkc.ntk_fn(f, (), vmap_axes=0, method="structured")
+    return ntkc.ntk_fn(f, trace_axes, vmap_axes=0, method="structured")
 
 
 def counts(lib: str, case: str, given: bool) -> dict:
@@ -133,7 +133,7 @@ def _is_reducer(comp) -> bool:
                for _, shape, *_ in comp["ops"])
 
 
-def ops(lib: str, case: str, given: bool, top: int = 25) -> dict:
+def ops(lib: str, case: str, given: bool, top: int = 25, trace_axes=()) -> dict:
     """The case's structured program's ops by bytes moved, grouped by what they do."""
     import jax
 
@@ -142,15 +142,15 @@ def ops(lib: str, case: str, given: bool, top: int = 25) -> dict:
 
     model, kwargs = paper.CASES[case]
     f, params, x1, x2 = paper_models.MODELS[model](**kwargs)
-    lowered, _ = lower(jax, kernel_fn(lib, f), x1, x2 if given else None, params)
+    lowered, _ = lower(jax, kernel_fn(lib, f, trace_axes), x1, x2 if given else None, params)
     rows = op_bytes(lowered.compile().as_text())
     groups = collections.defaultdict(lambda: [0, 0])
     for r in rows:
         groups[r["what"]][0] += r["bytes"]
         groups[r["what"]][1] += 1
     total = sum(r["bytes"] for r in rows)
-    return {"lib": lib, "case": case, "x2": "given" if given else "None", "jax": jax.__version__,
-            "gb": total / 1e9,
+    return {"lib": lib, "case": case, "x2": "given" if given else "None",
+            "trace_axes": list(trace_axes), "jax": jax.__version__, "gb": total / 1e9,
             "groups": sorted(([w, b / 1e9, n] for w, (b, n) in groups.items()),
                              key=lambda g: -g[1])[:top],
             "largest": [[r["what"], r["shape"], r["bytes"] / 1e9] for r in
@@ -163,8 +163,11 @@ def main(argv) -> int:
 
         print(json.dumps({"jax": jax.__version__, "bandwidth_gbps": bandwidth()}))
         return 0
+    traced = "--traced" in argv
+    argv = [a for a in argv if a != "--traced"]
     if argv[:1] == ["ops"] and len(argv) in (4, 5) and argv[1] in ("ntkc", "nt"):
-        report = ops(argv[1], argv[2], argv[3] == "given", *map(int, argv[4:]))
+        report = ops(argv[1], argv[2], argv[3] == "given", *map(int, argv[4:]),
+                     trace_axes=(-1,) if traced else ())
         print(json.dumps({k: v for k, v in report.items() if k not in ("groups", "largest")}))
         for title in ("groups", "largest"):
             print(f"# {title}")
