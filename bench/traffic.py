@@ -53,7 +53,8 @@ def kernel_fn(lib: str, f, trace_axes=()):
     return ntkc.ntk_fn(f, trace_axes, vmap_axes=0, method="structured")
 
 
-def counts(lib: str, case: str, given: bool) -> dict:
+def _compiled(lib: str, case: str, given: bool, trace_axes=()):
+    """The case's structured kernel program, compiled as a user's jit compiles it."""
     import jax
 
     from bench import paper, paper_models
@@ -61,8 +62,14 @@ def counts(lib: str, case: str, given: bool) -> dict:
 
     model, kwargs = paper.CASES[case]
     f, params, x1, x2 = paper_models.MODELS[model](**kwargs)
-    lowered, _ = lower(jax, kernel_fn(lib, f), x1, x2 if given else None, params)
-    cost = lowered.compile().cost_analysis()
+    lowered, _ = lower(jax, kernel_fn(lib, f, trace_axes), x1, x2 if given else None, params)
+    return lowered.compile()
+
+
+def counts(lib: str, case: str, given: bool) -> dict:
+    import jax
+
+    cost = _compiled(lib, case, given).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return {"lib": lib, "case": case, "x2": "given" if given else "None", "trace_axes": [],
             "jax": jax.__version__, "flops": cost.get("flops"),
@@ -87,12 +94,11 @@ def op_bytes(hlo_text: str) -> list[dict]:
     of its operands and result, as XLA's "bytes accessed" counts a fusion (once, at its
     boundary), and what it does: its opcode, or a fusion's kind and the non-elementwise ops
     inside it. Ops inside while loops are counted once, not per iteration."""
-    computations, current, name = {}, None, None
+    computations, current = {}, None
     for line in hlo_text.splitlines():
-        header = re.match(r"^(ENTRY )?%(\S+) \(.*\{$", line)
+        header = re.match(r"^(?:ENTRY )?%(\S+) \(.*\{$", line)
         if header:
-            name = header.group(2)
-            current = computations[name] = {"entry": bool(header.group(1)), "ops": []}
+            current = computations[header.group(1)] = {"ops": []}
         elif line.startswith("}"):
             current = None
         elif current is not None and (m := _INSTRUCTION.match(line)):
@@ -137,13 +143,7 @@ def ops(lib: str, case: str, given: bool, top: int = 25, trace_axes=()) -> dict:
     """The case's structured program's ops by bytes moved, grouped by what they do."""
     import jax
 
-    from bench import paper, paper_models
-    from bench.compare_nt import lower
-
-    model, kwargs = paper.CASES[case]
-    f, params, x1, x2 = paper_models.MODELS[model](**kwargs)
-    lowered, _ = lower(jax, kernel_fn(lib, f, trace_axes), x1, x2 if given else None, params)
-    rows = op_bytes(lowered.compile().as_text())
+    rows = op_bytes(_compiled(lib, case, given, trace_axes).as_text())
     groups = collections.defaultdict(lambda: [0, 0])
     for r in rows:
         groups[r["what"]][0] += r["bytes"]
