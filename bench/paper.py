@@ -61,6 +61,9 @@ BOTH = [(False, ()), (False, (-1,)), (True, ()), (True, (-1,))]  # (x2 given, tr
 # --quick: (case, variants)
 QUICK = [("fcn", BOTH), ("fcn_w256", BOTH), ("fcn_w512", BOTH), ("fcn_w1024", BOTH),
          ("resnet18_8x8", [(False, (-1,)), (True, (-1,))]), ("wrn28_10", [(False, (-1,))])]
+# --quick's time: one timed call after the warm-up, and no method estimated at over two minutes
+# (at a quarter of the measured rate: NTVP on the ResNet and WRN, reported as "not run")
+QUICK_REPEATS, QUICK_MAX_RUN_S = 1, 120.0
 
 
 # ----------------------------------------------------------------------------- rates
@@ -388,19 +391,22 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="the quick subset (about 20 minutes on 2 CPU cores): the FCN and its "
                          "width sweep in full, ResNet-18 at (8, 8) traced with x2=None and "
-                         "given, WRN-28-10 traced with x2=None")
+                         "given, WRN-28-10 traced with x2=None; --repeats and --max-run-s "
+                         f"default to {QUICK_REPEATS} and {QUICK_MAX_RUN_S:g}")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated methods (default: {','.join(METHODS)})")
     ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both",
                     help="trace_axes=(-1,) (traced), () (untraced), or both (default)")
     ap.add_argument("--x2", choices=("both", "none", "given"), default="both",
                     help="x2=None, a distinct x2, or both (default)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (default: 3)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed runs per method (default: 3; --quick: 1)")
     ap.add_argument("--memory-limit-gib", type=float, default=16.0,
                     help="memory_limit of every ntkc call, in GiB (default: 16)")
-    ap.add_argument("--max-run-s", type=float, default=900.0,
+    ap.add_argument("--max-run-s", type=float, default=None,
                     help="a method whose estimated FLOPs at a quarter of the measured matmul/conv "
-                         "rate take longer than this is reported, not run (default: 900)")
+                         "rate take longer than this is reported, not run (default: 900; "
+                         f"--quick: {QUICK_MAX_RUN_S:g})")
     ap.add_argument("--n", type=int, default=None, help="examples, for every chosen case")
     ap.add_argument("--outputs", type=int, default=None, help="outputs O, for every chosen case")
     ap.add_argument("--width", type=int, default=None, help="the FCN's width (FCN cases only)")
@@ -434,8 +440,18 @@ def _check_list(text, valid, what):
     return items
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
+    """The arguments, with the defaults that depend on --quick filled in."""
     args = parser().parse_args(argv)
+    if args.repeats is None:
+        args.repeats = QUICK_REPEATS if args.quick else 3
+    if args.max_run_s is None:
+        args.max_run_s = QUICK_MAX_RUN_S if args.quick else 900.0
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     methods = _check_list(args.methods, METHODS, "methods")
     limit = int(args.memory_limit_gib * GiB)
     if args.child:  # one case, in a child process

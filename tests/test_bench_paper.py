@@ -69,3 +69,14 @@ def test_a_whole_program_over_the_device_memory_is_planned_in_parts(tmp_path, mo
                      "--methods", "structured", "--plan-only", "--json", str(out)]) == 0
     (row,) = _report(out)[0]["rows"]
     assert row["status"] == "planned" and row["estimate_bytes"] > 4096
+
+
+def test_quick_defaults_give_way_to_explicit_values():
+    from bench import paper
+
+    full, quick = paper.parse([]), paper.parse(["--quick"])
+    assert (full.repeats, full.max_run_s) == (3, 900.0)
+    assert (quick.repeats, quick.max_run_s) == (paper.QUICK_REPEATS, paper.QUICK_MAX_RUN_S)
+    assert quick.repeats < full.repeats and quick.max_run_s < full.max_run_s
+    given = paper.parse(["--quick", "--repeats", "4", "--max-run-s", "60"])
+    assert (given.repeats, given.max_run_s) == (4, 60.0)
