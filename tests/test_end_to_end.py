@@ -4,16 +4,16 @@ Each test builds ``ntkc.ntk_fn(...)`` (one XLA compilation per call signature, t
 CPU) and compares it with :func:`ntkc.testing.reference_ntk`, an independent full-Jacobian oracle.
 
 Grid (trace_axes x diagonal_axes x vmap_axes in {None, int} x x2 in {None, given}):
-- ``mlp``: the full product for every method but "auto" (which runs one of the others);
-- ``attention`` (output (N, T, O)) and "auto" on ``mlp``: a covering design by default (every
-  trace/diagonal combination with every method, every method with every vmap/x2 combination), the
-  full product with ``NTKC_FULL_GRID=1`` (slow: one compilation per case);
+- ``mlp`` (output (N, O)) and ``attention`` (output (N, T, O)): a covering design by default
+  (every trace/diagonal combination with every method and with every vmap/x2 combination, every
+  method with every vmap/x2 combination), the full product with ``NTKC_FULL_GRID=1`` (slow: one
+  compilation per case);
 - a few representative combinations on each other model of the zoo.
 Axes are written in positive and negative forms alternately. x2 has 2 examples against x1's 3,
 except where the batch axis is traced or diagonal: there it is None or another input of 3.
 
-Adding a method: append it to ``models.METHODS_UNDER_TEST``; it joins the full mlp grid, the
-attention covering design, and runs cases ``a`` and ``b`` of ``other_model_cases``.
+Adding a method: append it to ``models.METHODS_UNDER_TEST``; it joins the covering designs and
+runs cases ``a`` and ``b`` of ``other_model_cases``.
 """
 
 from __future__ import annotations
@@ -153,13 +153,9 @@ SPECS_3D = [
     ((0,), (1,)),
 ]
 
-# "auto" runs one of the other methods, so it gets the covering design only.
-_FULL = [m for m in METHODS_UNDER_TEST if m != "auto"]
-MLP_CASES = list(full_grid("mlp", 2, SPECS_2D, _FULL)) + list(
-    (full_grid if FULL_GRID else covering_grid)("mlp", 2, SPECS_2D, ["auto"]))
-ATTENTION_CASES = list(
-    (full_grid if FULL_GRID else covering_grid)("attention", 3, SPECS_3D, METHODS_UNDER_TEST)
-)
+GRID = full_grid if FULL_GRID else covering_grid
+MLP_CASES = list(GRID("mlp", 2, SPECS_2D, METHODS_UNDER_TEST))
+ATTENTION_CASES = list(GRID("attention", 3, SPECS_3D, METHODS_UNDER_TEST))
 
 
 def other_model_cases():
@@ -184,12 +180,12 @@ def other_model_cases():
 # A handful of the fastest plain-JAX cases (CI runs these on the oldest JAX): on mlp,
 # (method, canonical trace, canonical diagonal, vmap is None, x2 mode).
 QUICK = {
-    ("jacobian", (1,), (), True, "diff"),
-    ("ntvp", (1,), (), True, "diff"),
-    ("jacobian", (), (0,), False, "none"),
-    ("ntvp", (), (0,), False, "none"),
-    ("auto", (1,), (), True, "none"),
-    ("ntvp", (0,), (), False, "same"),
+    ("jacobian", (1,), (), True, "none"),
+    ("ntvp", (), (), True, "diff"),
+    ("jacobian", (), (0,), True, "same"),
+    ("ntvp", (1,), (0,), True, "none"),
+    ("auto", (1,), (), False, "diff"),
+    ("ntvp", (0,), (), False, "none"),
 }
 
 

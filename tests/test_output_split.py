@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ntkc
+from grids import all_pairs
 from ntkc import _split
 from ntkc.testing import reference_ntk
 
@@ -38,11 +39,9 @@ def _splits_of(kfn, x1, x2, params):
     return config, inner
 
 
-@pytest.mark.parametrize("method", sorted(LIMIT))
-@pytest.mark.parametrize("trace_axes, diagonal_axes", AXES)
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_output_chunks_with_example_blocks_equal_the_kernel(method, trace_axes, diagonal_axes,
-                                                           symmetric):
+@pytest.mark.parametrize("method, axes, symmetric", all_pairs(sorted(LIMIT), AXES, [True, False]))
+def test_output_chunks_with_example_blocks_equal_the_kernel(method, axes, symmetric):
+    trace_axes, diagonal_axes = axes
     x2 = None if symmetric else X2
     kfn = ntkc.ntk_fn(f, trace_axes, diagonal_axes, vmap_axes=0, method=method,
                       memory_limit=LIMIT[method])
