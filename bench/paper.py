@@ -61,9 +61,11 @@ BOTH = [(False, ()), (False, (-1,)), (True, ()), (True, (-1,))]  # (x2 given, tr
 # --quick: (case, variants)
 QUICK = [("fcn", BOTH), ("fcn_w256", BOTH), ("fcn_w512", BOTH), ("fcn_w1024", BOTH),
          ("resnet18_8x8", [(False, (-1,)), (True, (-1,))]), ("wrn28_10", [(False, (-1,))])]
-# --quick's time: one timed call after the warm-up, and no method estimated at over two minutes
-# (at a quarter of the measured rate: NTVP on the ResNet and WRN, reported as "not run")
+# --quick's time: one timed call after the warm-up, no method estimated at over two minutes (at
+# a quarter of the measured rate), and not the slowest baselines, whatever the measured rate
+# (ntvp on ResNet-18 runs 1-2 min a call, jacobian on WRN-28-10 2-3 min)
 QUICK_REPEATS, QUICK_MAX_RUN_S = 1, 120.0
+QUICK_SKIP = {"resnet18_8x8": ("ntvp",), "wrn28_10": ("jacobian", "ntvp")}
 
 
 # ----------------------------------------------------------------------------- rates
@@ -366,6 +368,10 @@ def markdown(report) -> str:
 
 # ----------------------------------------------------------------------------- driver
 
+def _methods(name, args, methods):
+    return [m for m in methods if not (args.quick and m in QUICK_SKIP.get(name, ()))]
+
+
 def _variants(name, args):
     base = dict(QUICK)[name] if args.quick and name in dict(QUICK) else BOTH
     return [(g, t) for g, t in base
@@ -391,8 +397,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="the quick subset (about 20 minutes on 2 CPU cores): the FCN and its "
                          "width sweep in full, ResNet-18 at (8, 8) traced with x2=None and "
-                         "given, WRN-28-10 traced with x2=None; --repeats and --max-run-s "
-                         f"default to {QUICK_REPEATS} and {QUICK_MAX_RUN_S:g}")
+                         "given (no ntvp), WRN-28-10 traced with x2=None (structured and "
+                         "auto); --repeats and --max-run-s default to "
+                         f"{QUICK_REPEATS} and {QUICK_MAX_RUN_S:g}")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated methods (default: {','.join(METHODS)})")
     ap.add_argument("--trace", choices=("both", "traced", "untraced"), default="both",
@@ -457,7 +464,8 @@ def main(argv=None) -> int:
     if args.child:  # one case, in a child process
         sys.path.insert(0, str(ROOT))
         model, kwargs = _case_kwargs(args.child, args)
-        rows = run_case(args.child, model, kwargs, _variants(args.child, args), methods, limit,
+        rows = run_case(args.child, model, kwargs, _variants(args.child, args),
+                        _methods(args.child, args, methods), limit,
                         max(args.repeats, 1), args.max_run_s, json.loads(args.rates),
                         log=lambda s: print(s, flush=True), plan_only=args.plan_only)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -490,10 +498,11 @@ def main(argv=None) -> int:
     for name in names:
         model, kwargs = _case_kwargs(name, args)
         variants = _variants(name, args)
-        if not variants:
+        if not variants or not _methods(name, args, methods):
             continue
         if args.inline:
-            report["rows"] += run_case(name, model, kwargs, variants, methods, limit,
+            report["rows"] += run_case(name, model, kwargs, variants,
+                                       _methods(name, args, methods), limit,
                                        max(args.repeats, 1), args.max_run_s, rates_,
                                        plan_only=args.plan_only)
         else:

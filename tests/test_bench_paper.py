@@ -80,3 +80,8 @@ def test_quick_defaults_give_way_to_explicit_values():
     assert quick.repeats < full.repeats and quick.max_run_s < full.max_run_s
     given = paper.parse(["--quick", "--repeats", "4", "--max-run-s", "60"])
     assert (given.repeats, given.max_run_s) == (4, 60.0)
+    # the slowest baselines leave the quick subset only
+    assert paper._methods("wrn28_10", quick, paper.METHODS) == ["structured", "auto"]
+    assert paper._methods("resnet18_8x8", quick, ["ntvp", "jacobian"]) == ["jacobian"]
+    assert paper._methods("fcn", quick, paper.METHODS) == list(paper.METHODS)
+    assert paper._methods("wrn28_10", full, paper.METHODS) == list(paper.METHODS)

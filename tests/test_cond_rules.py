@@ -6,6 +6,7 @@ residuals, contributes exact zeros. Every branch that is not taken here would gi
 if its values leaked (log of a negative, 1/0, sqrt of a negative). Every model runs under
 strict=True for the structured method and equals the float64 reference, for every method."""
 
+import functools
 import warnings
 
 import jax
@@ -60,11 +61,18 @@ def kernel(f, x1, x2, params, method, setting, **kwargs):
             x1, x2, params, **kwargs)
 
 
+@functools.cache
+def with_kwargs(f):
+    """f of (x, keyword arguments); one function object per f, so that the reference's
+    compilations are shared between the tests of one model."""
+    return lambda p, xk: f(p, xk[0], **xk[1])
+
+
 def reference(f, x1, x2, params, setting, kw1, kw2):
     """The float64 reference with each side's keyword arguments (carried in x)."""
     trace, diagonal, _, _ = setting
-    g = lambda p, xk: f(p, xk[0], **xk[1])
-    return reference_ntk(g, (x1, kw1), None if x2 is None else (x2, kw2), params, trace, diagonal)
+    return reference_ntk(with_kwargs(f), (x1, kw1), None if x2 is None else (x2, kw2), params,
+                         trace, diagonal)
 
 
 def check(f, params, setting, method, kw1, kw2=None, x1=X1, x2=X2):
@@ -84,8 +92,9 @@ def rotated(shift, per_method=1, settings=SETTINGS):
             for i, m in enumerate(METHODS) for k in range(per_method)]
 
 
-@pytest.mark.parametrize("method, setting", rotated(0, per_method=2))
-@pytest.mark.parametrize("mode", [0, 2])
+# each method under two settings, one per branch taken
+@pytest.mark.parametrize("method, setting, mode", [
+    (method, setting, (0, 2)[i % 2]) for i, (method, setting) in enumerate(rotated(0, 2))])
 def test_switch_on_a_keyword_argument(method, setting, mode):
     check(switched, PARAMS, setting, method, {"mode": jnp.int32(mode)})
 

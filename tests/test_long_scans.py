@@ -14,6 +14,7 @@ import pytest
 from jax import lax
 
 import ntkc
+from grids import all_pairs
 from ntkc.passes import unroll
 from ntkc.passes.inline import inline
 from ntkc.testing import reference_ntk
@@ -59,8 +60,7 @@ X_STACK = (normal(3, 4), normal(2, 4))
 X_SEQ = (normal(3, STEPS, 4), normal(2, STEPS, 4))
 MODELS = {"stack": (stack, STACK, X_STACK), "rnn": (rnn, RNN, X_SEQ)}
 
-CASES = [(model, trace, vmap, symmetric) for model in MODELS for trace in [(), (-1,)]
-         for vmap in [0, None] for symmetric in [True, False]]
+CASES = all_pairs(MODELS, [(), (-1,)], [0, None], [True, False])
 
 
 def check(f, params, xs, trace_axes=(-1,), vmap_axes=0, symmetric=True, diagonal_axes=(),
@@ -86,9 +86,8 @@ def test_diagonal_axes(model):
     check(f, params, (xs[0][:1] if model == "stack" else xs[0], x2), (), 0, False, (0,))
 
 
-@pytest.mark.parametrize("method", ["jacobian", "ntvp", "auto"])
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("method, model, symmetric",
+                         all_pairs(["jacobian", "ntvp", "auto"], MODELS, [True, False]))
 def test_every_method(method, model, symmetric):
     f, params, xs = MODELS[model]
     check(f, params, xs, (-1,), 0, symmetric, method=method)
