@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import os
 
 import jax
 import numpy as np
@@ -31,10 +30,10 @@ import ntkc
 from ntkc.testing import reference_ntk
 
 import models
+from grids import FULL_GRID
 from models import METHODS_UNDER_TEST, MODELS
 
 RTOL, ATOL = 1e-6, 1e-8
-FULL_GRID = os.environ.get("NTKC_FULL_GRID") == "1"
 
 
 # ----------------------------------------------------------------------------- helpers
